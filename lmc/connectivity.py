@@ -1,0 +1,78 @@
+"""Interpolation between two models and the barriers measured along the path.
+
+Θ(α) = (1-α)·Θ_A + α·Θ_B for every floating-point entry of the state dict, parameters *and*
+buffers (models here have no buffers; a BatchNorm's running statistics would be interpolated like
+weights, which is the documented choice). Integer buffers (counters) must agree at both ends.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import data
+from .models import stacked_forward
+
+
+def alpha_grid(points: int) -> np.ndarray:
+    """`points` equidistant α on [0, 1], both endpoints included (11 points: 0, 0.1, …, 1)."""
+    return np.linspace(0.0, 1.0, points)
+
+
+def interpolate_states(state_a: dict, state_b: dict, alphas) -> dict[str, torch.Tensor]:
+    """The stacked states Θ(α) for every α (leading axis = α)."""
+    if state_a.keys() != state_b.keys():
+        raise ValueError("the two models have different state keys; they are not the same architecture")
+    a = torch.as_tensor(np.asarray(alphas), dtype=torch.float32)
+    out = {}
+    for name, wa in state_a.items():
+        wb = state_b[name]
+        if wa.shape != wb.shape:
+            raise ValueError(f"'{name}' has shape {tuple(wa.shape)} in A and {tuple(wb.shape)} in B")
+        if wa.is_floating_point():
+            w = a.view(-1, *([1] * wa.dim())).to(wa.dtype)
+            out[name] = (1 - w) * wa + w * wb
+        elif torch.equal(wa, wb):
+            out[name] = wa.expand(len(a), *wa.shape).clone()
+        else:
+            raise ValueError(f"integer buffer '{name}' differs between A and B and cannot be interpolated")
+    return out
+
+
+def interpolate(model_a: nn.Module, model_b: nn.Module, alpha: float) -> nn.Module:
+    """One model at Θ(α), as an ordinary module (for notebooks)."""
+    import copy
+
+    state = interpolate_states(model_a.state_dict(), model_b.state_dict(), [alpha])
+    out = copy.deepcopy(model_a)
+    out.load_state_dict({k: v[0] for k, v in state.items()})
+    return out
+
+
+@torch.no_grad()
+def evaluate_stack(model: nn.Module, stacked: dict, images: torch.Tensor, labels: torch.Tensor,
+                   dataset: str, batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """Error (1 - accuracy) and mean cross-entropy of every model in the stack on a whole split."""
+    k = next(iter(stacked.values())).shape[0]
+    wrong = torch.zeros(k, dtype=torch.long)
+    loss = torch.zeros(k, dtype=torch.float64)
+    for start in range(0, len(labels), batch_size):
+        x = data.normalize(images[start:start + batch_size], dataset)
+        y = labels[start:start + batch_size].long()
+        logits = stacked_forward(model, stacked, x, shared_input=True)
+        wrong += (logits.argmax(-1) != y).sum(1)
+        ce = nn.functional.cross_entropy(logits.flatten(0, 1), y.repeat(k), reduction="none")
+        loss += ce.view(k, -1).double().sum(1)
+    n = len(labels)
+    return (wrong.double() / n).numpy(), (loss / n).numpy()
+
+
+def barrier(values) -> float:
+    """max over the path minus the endpoints' mean (Frankle et al. 2020, eq. 1); for errors or losses."""
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.max() - (v[0] + v[-1]) / 2)
+
+
+def normalized_barrier(b: float, test_acc_a: float, test_acc_b: float) -> float:
+    """The paper's eq. 2: the barrier over the endpoints' mean test accuracy."""
+    return b / ((test_acc_a + test_acc_b) / 2)

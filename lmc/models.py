@@ -1,0 +1,124 @@
+"""Model registry, checkpoints, and stacks of models that share one architecture.
+
+A model is an ordinary nn.Module built from an `arch` dict (name + constructor arguments), so a
+checkpoint carries everything needed to rebuild it. Twins (and the α-path) are *stacks*: parameter
+dicts with a leading model axis, run in one batched pass by `torch.func.vmap`.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from . import seeds
+from .io import write_bytes_atomic
+from .spec import Spec
+
+CHECKPOINT_FORMAT = 1
+
+
+class MLP(nn.Module):
+    """`depth` linear layers with Leaky-ReLU(negative_slope) between them; depth=1 is logistic regression."""
+
+    def __init__(self, in_shape: list[int], classes: int, depth: int, width: int, negative_slope: float):
+        super().__init__()
+        h, w, c = in_shape
+        sizes = [h * w * c] + [width] * (depth - 1) + [classes]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
+        self.negative_slope = negative_slope
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = nn.functional.leaky_relu(x, self.negative_slope)
+        return x
+
+
+REGISTRY: dict[str, Callable[..., nn.Module]] = {"mlp": MLP}
+
+
+def arch_from_spec(spec: Spec) -> dict:
+    d = spec.data
+    return {"name": spec.model, "in_shape": list(d["shape"]), "classes": d["classes"],
+            "depth": spec.depth, "width": spec.width, "negative_slope": spec.negative_slope}
+
+
+def build(arch: dict) -> nn.Module:
+    args = {k: v for k, v in arch.items() if k != "name"}
+    return REGISTRY[arch["name"]](**args)
+
+
+def init_model(spec: Spec) -> nn.Module:
+    """Θ0: a pure function of the architecture and init_seed."""
+    torch.manual_seed(seeds.derive_seed(spec.init_seed, "init"))
+    return build(arch_from_spec(spec))
+
+
+# ---- checkpoints --------------------------------------------------------------------------------
+
+class CheckpointError(RuntimeError):
+    """A missing, damaged or mismatched checkpoint; the message names the file and the stage to rerun."""
+
+
+def save_checkpoint(path: str | Path, arch: dict, state: dict[str, torch.Tensor], **meta) -> None:
+    """Write atomically (temp file, then rename): a killed run never leaves a checkpoint behind."""
+    buf = io.BytesIO()
+    payload = {"format": CHECKPOINT_FORMAT, "arch": arch, "meta": meta,
+               "state_dict": {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}}
+    torch.save(payload, buf)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    model: nn.Module
+    arch: dict
+    meta: dict
+
+
+def load_checkpoint(path: str | Path, stage: str = "train") -> Checkpoint:
+    """The module stored at `path`, its arch and meta; a clear CheckpointError when that is impossible."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} is missing; run `dvc repro {stage}` to create it")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"checkpoint {path} is damaged ({type(err).__name__}); "
+                              f"rerun `dvc repro -f {stage}`") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"checkpoint {path} is not an lmc checkpoint of format {CHECKPOINT_FORMAT}; "
+                              f"rerun `dvc repro -f {stage}`")
+    model = build(payload["arch"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[-1].strip()
+        raise CheckpointError(f"checkpoint {path} does not fit its architecture ({first}); "
+                              f"rerun `dvc repro -f {stage}`") from None
+    return Checkpoint(model, payload["arch"], payload["meta"])
+
+
+# ---- stacks -------------------------------------------------------------------------------------
+
+def stack_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {k: torch.stack([s[k] for s in states]) for k in states[0]}
+
+
+def unstack_state(stacked: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
+    return {k: v[i] for k, v in stacked.items()}
+
+
+def stacked_forward(model: nn.Module, stacked: dict[str, torch.Tensor], x: torch.Tensor,
+                    shared_input: bool = False) -> torch.Tensor:
+    """Outputs of every model in the stack: x is (K, B, ...) per model, or (B, ...) if shared_input."""
+    def one(state, inputs):
+        return functional_call(model, state, (inputs,))
+    return vmap(one, in_dims=(0, None if shared_input else 0))(stacked, x)

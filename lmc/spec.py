@@ -1,0 +1,123 @@
+"""The experiment spec: every knob of one twin experiment, typed, documented and validated.
+
+params.yaml holds these keys at its top level (so `dvc exp run -S lr=0.01` works). Every stage
+loads the whole file through `load_params`, so a mistake anywhere stops the pipeline with one line
+before any work starts, whichever stage DVC happens to run first.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PARAMS_FILE = "params.yaml"
+
+# Train/test sizes and image shapes (H, W, C) of each dataset, known before any file is read so that
+# shape-dependent mistakes (batch size larger than the train split) are caught up front.
+DATASETS = {
+    "mnist5k": {"train": 4000, "test": 1000, "shape": (28, 28, 1), "classes": 10},
+}
+MODELS = ("mlp",)
+OPTIMIZERS = ("sgd", "adam")
+
+
+def _field(default: Any, help: str, **checks: Any) -> Any:
+    return field(default=default, metadata={"help": help, **checks})
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One twin experiment. Defaults: the paper's minimal model (1 hidden ReLU layer, SGD, lr 0.1)."""
+
+    dataset: str = _field("mnist5k", "dataset to train on", choices=tuple(DATASETS))
+    model: str = _field("mlp", "architecture from the model registry", choices=MODELS)
+    depth: int = _field(2, "number of weight layers L (2 = one hidden layer)", min=1)
+    width: int = _field(512, "hidden width of the MLP", min=1)
+    negative_slope: float = _field(0.0, "Leaky-ReLU negative slope p (0 = ReLU, 1 = identity)", min=0.0, max=1.0)
+    optimizer: str = _field("sgd", "sgd (with momentum) or adam", choices=OPTIMIZERS)
+    lr: float = _field(0.1, "peak learning rate", min_exclusive=0.0)
+    momentum: float = _field(0.9, "SGD momentum (ignored by adam)", min=0.0, max_exclusive=1.0)
+    batch_size: int = _field(128, "minibatch size, up to the whole train split", min=1)
+    epochs: int = _field(12, "training epochs", min=1)
+    warmup_epochs: int = _field(0, "epochs of linear learning-rate warm-up from 0", min=0)
+    init_seed: int = _field(0, "seed of the shared initialization Θ0", min=0)
+    order_seed_a: int = _field(43, "data-order seed of twin A", min=0)
+    order_seed_b: int = _field(118, "data-order seed of twin B", min=0)
+    aug_seed_a: int = _field(43, "augmentation seed of twin A", min=0)
+    aug_seed_b: int = _field(118, "augmentation seed of twin B", min=0)
+    alphas: int = _field(11, "number of equidistant interpolation points on [0, 1], endpoints included", min=2)
+
+    @property
+    def data(self) -> dict:
+        return DATASETS[self.dataset]
+
+
+class SpecError(ValueError):
+    """A bad params.yaml entry; its message is the one line the user sees."""
+
+
+def _check_value(f: dataclasses.Field, value: Any) -> None:
+    expected = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str}[f.type]
+    allowed = f.metadata.get("help", "")
+    ok_type = isinstance(value, expected) and not isinstance(value, bool)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        ok_type = True
+    if not ok_type:
+        raise SpecError(f"params: {f.name}={value!r} must be {expected.__name__} ({allowed})")
+    m = f.metadata
+    if "choices" in m and value not in m["choices"]:
+        raise SpecError(f"params: {f.name}={value!r} is not allowed; choose one of {', '.join(m['choices'])}")
+    bounds = [("min", lambda v, b: v >= b, ">="), ("max", lambda v, b: v <= b, "<="),
+              ("min_exclusive", lambda v, b: v > b, ">"), ("max_exclusive", lambda v, b: v < b, "<")]
+    for key, holds, word in bounds:
+        if key in m and not holds(value, m[key]):
+            raise SpecError(f"params: {f.name}={value!r} is out of range; it must be {word} {m[key]} ({allowed})")
+
+
+def spec_from_dict(raw: Any) -> Spec:
+    """Validate a mapping of params (unknown keys, types, ranges, combinations) into a Spec."""
+    if not isinstance(raw, dict):
+        raise SpecError(f"params: expected a mapping of keys to values, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(Spec)}
+    for key in raw:
+        if key not in fields:
+            near = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else f"; known keys: {', '.join(fields)}"
+            raise SpecError(f"params: unknown key '{key}'{hint}")
+    for key, value in raw.items():
+        _check_value(fields[key], value)
+    values = {k: (float(v) if fields[k].type in (float, "float") else v) for k, v in raw.items()}
+    spec = Spec(**values)
+    train_size = spec.data["train"]
+    if spec.batch_size > train_size:
+        raise SpecError(f"params: batch_size={spec.batch_size} is larger than the {spec.dataset} train split "
+                        f"({train_size}); use at most {train_size}")
+    if spec.warmup_epochs > spec.epochs:
+        raise SpecError(f"params: warmup_epochs={spec.warmup_epochs} exceeds epochs={spec.epochs}; "
+                        f"use at most {spec.epochs}")
+    return spec
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Spec:
+    path = Path(path)
+    if not path.exists():
+        raise SpecError(f"params: {path} not found; run from the repository root")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SpecError(f"params: {path} is not valid YAML{where}; fix its syntax") from None
+    return spec_from_dict(raw or {})
+
+
+def describe() -> str:
+    """A markdown table of every key, its default and its meaning (used by the README)."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    for f in dataclasses.fields(Spec):
+        rows.append(f"| `{f.name}` | `{f.default}` | {f.metadata['help']} |")
+    return "\n".join(rows)

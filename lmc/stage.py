@@ -1,0 +1,23 @@
+"""What every stage's main() shares: loading the params and turning known failures into one line."""
+from __future__ import annotations
+
+import functools
+import sys
+
+from .data import DataError
+from .models import CheckpointError
+from .spec import SpecError
+
+USER_ERRORS = (SpecError, DataError, CheckpointError)
+
+
+def entry(main):
+    """Run `main`; a user error prints one line (no traceback) and exits with status 2."""
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except USER_ERRORS as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+    return wrapped

@@ -1,0 +1,92 @@
+"""The one training loop: K models from the same Θ0, trained in lockstep as one stacked model.
+
+Twin k reads its own FFCV loader (its own order seed). The loss is the sum of the twins' mean
+cross-entropies, so each twin's gradient is exactly its own; SGD and Adam act element-wise, so
+one optimizer over the stacked tensors equals K independent optimizers.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from . import data
+from .models import stack_states, stacked_forward
+from .spec import Spec
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    loss: list[float]  # per twin: mean train cross-entropy over the epoch's batches
+    acc: list[float]  # per twin: accuracy on the epoch's batches, as seen during training
+
+
+@dataclass
+class TrainResult:
+    state: dict[str, torch.Tensor]  # stacked parameters, leading axis = twin
+    status: str  # "ok" or "diverged"
+    history: list[EpochStats] = field(default_factory=list)
+    diverged_epoch: int | None = None
+
+
+def make_optimizer(spec: Spec, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    if spec.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum)
+    return torch.optim.Adam(params, lr=spec.lr)
+
+
+def lr_at(spec: Spec, step: int, steps_per_epoch: int) -> float:
+    """Linear warm-up from 0 over warmup_epochs (per step), then constant."""
+    warm = spec.warmup_epochs * steps_per_epoch
+    return spec.lr * min(1.0, (step + 1) / warm) if warm else spec.lr
+
+
+def train_twins(spec: Spec, model: nn.Module, loaders: list, progress=None,
+                on_epoch: Callable[[EpochStats], None] | None = None) -> TrainResult:
+    """Train len(loaders) copies of `model` (each from its weights) in lockstep."""
+    k = len(loaders)
+    state = {n: t.detach().clone().requires_grad_() for n, t in
+             stack_states([model.state_dict()] * k).items()}
+    opt = make_optimizer(spec, list(state.values()))
+    steps_per_epoch = len(loaders[0])
+    result = TrainResult(state=state, status="ok")
+    step = 0
+    for epoch in range(spec.epochs):
+        loss_sum = torch.zeros(k, dtype=torch.float64)
+        correct = torch.zeros(k, dtype=torch.long)
+        seen = 0
+        for batches in zip(*loaders, strict=True):
+            x = torch.stack([data.normalize(images, spec.dataset) for images, _, _ in batches])
+            y = torch.stack([labels.long() for _, labels, _ in batches])
+            logits = stacked_forward(model, state, x)
+            losses = nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+            losses = losses.view(k, -1).mean(1)
+            if not torch.isfinite(losses).all():
+                result.status, result.diverged_epoch = "diverged", epoch
+                return result
+            for group in opt.param_groups:
+                group["lr"] = lr_at(spec, step, steps_per_epoch)
+            opt.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            opt.step()
+            step += 1
+            batch = y.shape[1]
+            loss_sum += losses.detach().double() * batch
+            correct += (logits.detach().argmax(-1) == y).sum(1)
+            seen += batch
+            if progress is not None:
+                progress.update(1)
+        stats = EpochStats(epoch, (loss_sum / seen).tolist(), (correct.double() / seen).tolist())
+        result.history.append(stats)
+        if on_epoch is not None:
+            on_epoch(stats)
+        if not all(math.isfinite(v) for v in stats.loss):
+            result.status, result.diverged_epoch = "diverged", epoch
+            return result
+    if not all(torch.isfinite(t).all() for t in state.values()):  # the very last step blew up
+        result.status, result.diverged_epoch = "diverged", spec.epochs - 1
+    return result
