@@ -7,6 +7,7 @@ one optimizer over the stacked tensors equals K independent optimizers.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -46,8 +47,10 @@ def lr_at(spec: Spec, step: int, steps_per_epoch: int) -> float:
 
 
 def train_twins(spec: Spec, model: nn.Module, loaders: list, progress=None,
-                on_epoch: Callable[[EpochStats], None] | None = None) -> TrainResult:
+                on_epoch: Callable[[EpochStats], None] | None = None,
+                threads: int | None = None) -> TrainResult:
     """Train len(loaders) copies of `model` (each from its weights) in lockstep."""
+    threads = threads or os.cpu_count() or 1
     k = len(loaders)
     state = {n: t.detach().clone().requires_grad_() for n, t in
              stack_states([model.state_dict()] * k).items()}
@@ -59,7 +62,10 @@ def train_twins(spec: Spec, model: nn.Module, loaders: list, progress=None,
         loss_sum = torch.zeros(k, dtype=torch.float64)
         correct = torch.zeros(k, dtype=torch.long)
         seen = 0
-        for batches in zip(*loaders, strict=True):
+        epoch_batches = [iter(loader) for loader in loaders]
+        # FFCV sets torch's thread count to its worker count when an epoch starts: take it back.
+        torch.set_num_threads(threads)
+        for batches in zip(*epoch_batches, strict=True):
             x = torch.stack([data.normalize(images, spec.dataset) for images, _, _ in batches])
             y = torch.stack([labels.long() for _, labels, _ in batches])
             logits = stacked_forward(model, state, x)

@@ -1,0 +1,29 @@
+import numpy as np
+import pytest
+
+from lmc import data
+from lmc.spec import Spec
+
+
+@pytest.fixture(scope="session")
+def mnist5k():
+    return data.load_mnist5k()
+
+
+@pytest.fixture(scope="session")
+def betons(tmp_path_factory, mnist5k):
+    """The real prepared mnist5k splits, written once for the session."""
+    root = tmp_path_factory.mktemp("betons")
+    for split, s in zip(("train", "test"), mnist5k):
+        data.write_beton(s, root / f"{split}.beton")
+    return data.split_paths(root)
+
+
+@pytest.fixture
+def tiny_spec():
+    return Spec(width=32, epochs=2, batch_size=500)
+
+
+def small_split(n=64, shape=(28, 28, 1), seed=0):
+    rng = np.random.default_rng(seed)
+    return data.Split(rng.integers(0, 256, (n, *shape), dtype=np.uint8), rng.integers(0, 10, n).astype(np.int64))

@@ -1,0 +1,85 @@
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from lmc import data, seeds
+
+from .conftest import small_split
+
+
+def test_mnist5k_split_is_stratified_disjoint_and_shuffled(mnist5k):
+    train, test = mnist5k
+    assert len(train.labels) == 4000 and len(test.labels) == 1000
+    assert np.bincount(test.labels).tolist() == [100] * 10
+    assert np.bincount(train.labels).tolist() == [400] * 10
+    assert train.images.dtype == np.uint8 and train.images.shape[1:] == (28, 28, 1)
+    assert not np.array_equal(np.sort(train.labels[:100]), train.labels[:100])  # not sorted by label
+    # no digit image appears in both splits
+    flat = lambda s: {hashlib.md5(im.tobytes()).hexdigest() for im in s.images}
+    assert not flat(train) & flat(test)
+
+
+def test_beton_round_trips_pixels_and_labels_exactly(betons, mnist5k):
+    for split, path in zip(mnist5k, betons.values()):
+        back = data.read_split(path)
+        assert np.array_equal(back.images, split.images) and np.array_equal(back.labels, split.labels)
+
+
+def test_beton_bytes_are_reproducible(tmp_path):
+    s = small_split()
+    data.write_beton(s, tmp_path / "a.beton")
+    data.write_beton(s, tmp_path / "b.beton")
+    assert (tmp_path / "a.beton").read_bytes() == (tmp_path / "b.beton").read_bytes()
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def epoch_indices(loader):
+    return np.concatenate([index.numpy().copy() for _, _, index in loader])
+
+
+def test_twin_loader_follows_the_seeded_order_every_epoch(betons):
+    loader = data.twin_loader(betons["train"], 512, order_seed=43, workers=2)
+    for epoch in range(3):
+        assert np.array_equal(epoch_indices(loader), seeds.epoch_order(43, epoch, 4000))
+
+
+def test_twins_see_different_orders_every_epoch_and_reruns_match(betons):
+    a = data.twin_loader(betons["train"], 1000, order_seed=43)
+    b = data.twin_loader(betons["train"], 1000, order_seed=44)  # adjacent seeds: the seed + epoch trap
+    a_again = data.twin_loader(betons["train"], 1000, order_seed=43)
+    orders_a = [epoch_indices(a) for _ in range(4)]
+    orders_b = [epoch_indices(b) for _ in range(4)]
+    assert all(np.array_equal(x, y) for x, y in zip(orders_a, [epoch_indices(a_again) for _ in range(4)]))
+    for i in range(4):
+        for j in range(4):
+            assert not np.array_equal(orders_a[i], orders_b[j])
+
+
+def test_loader_batches_carry_matching_images_and_labels(betons, mnist5k):
+    images, labels, index = next(iter(data.twin_loader(betons["train"], 100, order_seed=1)))
+    idx = index.numpy()
+    assert np.array_equal(images.numpy(), mnist5k[0].images[idx])
+    assert np.array_equal(labels.numpy(), mnist5k[0].labels[idx])
+
+
+def test_normalize_gives_standardized_channels_first(mnist5k):
+    x = data.normalize(torch.from_numpy(mnist5k[0].images), "mnist5k")
+    assert x.shape == (4000, 1, 28, 28) and x.dtype == torch.float32
+    assert abs(x.mean().item()) < 0.05 and abs(x.std().item() - 1) < 0.05
+
+
+def test_missing_beton_names_the_file_and_the_fix(tmp_path):
+    with pytest.raises(data.DataError, match=r"train.beton is missing; run `dvc repro prepare`"):
+        data.read_split(tmp_path / "train.beton")
+    with pytest.raises(data.DataError, match="missing"):
+        data.twin_loader(tmp_path / "train.beton", 10, 0)
+
+
+def test_truncated_beton_is_reported_as_unreadable(tmp_path):
+    path = tmp_path / "train.beton"
+    data.write_beton(small_split(), path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(data.DataError, match=r"train.beton is unreadable .*dvc repro -f prepare"):
+        data.read_split(path)

@@ -1,0 +1,76 @@
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lmc.spec import Spec, SpecError, describe, load_params, spec_from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BAD = [  # (params, words the one-line message must contain)
+    ({"learning_rate": 0.1}, ["unknown key 'learning_rate'", "known keys"]),
+    ({"optimiser": "sgd"}, ["unknown key 'optimiser'", "did you mean 'optimizer'"]),
+    ({"optimizer": "adamw2"}, ["optimizer='adamw2'", "sgd, adam"]),
+    ({"lr": -1}, ["lr=-1", "> 0.0"]),
+    ({"lr": 0}, ["lr=0", "> 0.0"]),
+    ({"lr": "fast"}, ["lr='fast'", "float"]),
+    ({"depth": 0}, ["depth=0", ">= 1"]),
+    ({"depth": 2.5}, ["depth=2.5", "int"]),
+    ({"depth": True}, ["depth=True", "int"]),
+    ({"batch_size": 4001}, ["batch_size=4001", "train split (4000)"]),
+    ({"alphas": 1}, ["alphas=1", ">= 2"]),
+    ({"dataset": "imagenet"}, ["dataset='imagenet'", "mnist5k"]),
+    ({"negative_slope": 1.5}, ["negative_slope=1.5", "<= 1.0"]),
+    ({"momentum": 1.0}, ["momentum=1.0", "< 1.0"]),
+    ({"warmup_epochs": 50}, ["warmup_epochs=50", "epochs=12"]),
+    ({"init_seed": -3}, ["init_seed=-3", ">= 0"]),
+    ({"model": "resnet"}, ["model='resnet'", "mlp"]),
+]
+
+
+@pytest.mark.parametrize("override,words", BAD, ids=[str(b[0]) for b in BAD])
+def test_bad_value_gives_one_line_naming_it(override, words):
+    with pytest.raises(SpecError) as err:
+        spec_from_dict({**dataclasses.asdict(Spec()), **override})
+    message = str(err.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message
+
+
+def test_params_yaml_holds_every_key_at_its_default():
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert set(raw) == {f.name for f in dataclasses.fields(Spec)}
+    assert load_params(ROOT / "params.yaml") == Spec(**raw)
+
+
+def test_int_given_for_float_is_accepted():
+    assert spec_from_dict({"lr": 1}).lr == 1.0
+
+
+def test_not_a_mapping_and_broken_yaml(tmp_path):
+    with pytest.raises(SpecError, match="mapping"):
+        spec_from_dict([1, 2])
+    bad = tmp_path / "params.yaml"
+    bad.write_text("lr: [0.1\n")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_describe_lists_every_key():
+    table = describe()
+    assert all(f"`{f.name}`" in table for f in dataclasses.fields(Spec))
+
+
+@pytest.mark.parametrize("stage", ["check", "prepare", "init", "train", "interpolate", "report"])
+def test_every_stage_stops_on_bad_params_before_writing(tmp_path, stage):
+    (tmp_path / "params.yaml").write_text("optimizer: adamw2\n")
+    proc = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=tmp_path, capture_output=True,
+                          text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: params: optimizer='adamw2' is not allowed; choose one of sgd, adam"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]

@@ -1,0 +1,71 @@
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from lmc import data, models
+from lmc.spec import Spec
+from lmc.train import lr_at, make_optimizer, train_twins
+
+
+def twin_loaders(betons, spec):
+    return [data.twin_loader(betons["train"], spec.batch_size, s) for s in (spec.order_seed_a, spec.order_seed_b)]
+
+
+def train(betons, spec, **kw):
+    return train_twins(spec, models.init_model(spec), twin_loaders(betons, spec), **kw)
+
+
+@pytest.mark.parametrize("optimizer,lr", [("sgd", 0.1), ("adam", 0.005)])
+def test_lockstep_twins_equal_twins_trained_alone(betons, tiny_spec, optimizer, lr):
+    spec = dataclasses.replace(tiny_spec, optimizer=optimizer, lr=lr, warmup_epochs=1)
+    result = train(betons, spec)
+    for i, seed in enumerate((spec.order_seed_a, spec.order_seed_b)):
+        model = models.init_model(spec)
+        opt = make_optimizer(spec, list(model.parameters()))
+        loader, step = data.twin_loader(betons["train"], spec.batch_size, seed), 0
+        for _ in range(spec.epochs):
+            for images, labels, _ in loader:
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(spec, step, len(loader))
+                opt.zero_grad()
+                nn.functional.cross_entropy(model(data.normalize(images, spec.dataset)), labels.long()).backward()
+                opt.step()
+                step += 1
+        for name, w in model.state_dict().items():
+            torch.testing.assert_close(result.state[name][i].detach(), w, atol=2e-5, rtol=1e-4)
+
+
+def test_twins_start_identical_and_end_different(betons, tiny_spec):
+    spec = dataclasses.replace(tiny_spec, epochs=1)
+    init = models.init_model(spec)
+    seen = []
+    result = train_twins(spec, init, twin_loaders(betons, spec), on_epoch=seen.append)
+    assert result.status == "ok" and len(seen) == 1 and len(result.history) == 1
+    w = result.state["layers.0.weight"]
+    assert not torch.equal(w[0], w[1])
+    zero = train_twins(dataclasses.replace(spec, lr=1e-30), init, twin_loaders(betons, spec))
+    for name, t in init.state_dict().items():  # with a vanishing step both twins stay at Θ0
+        torch.testing.assert_close(zero.state[name][0], t)
+        torch.testing.assert_close(zero.state[name][1], t)
+
+
+def test_training_is_bit_reproducible_across_reruns_and_thread_counts(betons, tiny_spec):
+    runs = [train(betons, tiny_spec, threads=t).state for t in (2, 2, 1)]
+    for name in runs[0]:
+        assert torch.equal(runs[0][name], runs[1][name]), f"{name} differs between reruns"
+        assert torch.equal(runs[0][name], runs[2][name]), f"{name} differs between 1 and 2 threads"
+
+
+def test_divergence_is_reported_not_raised(betons, tiny_spec):
+    result = train(betons, dataclasses.replace(tiny_spec, lr=1e6, epochs=3))
+    assert result.status == "diverged" and result.diverged_epoch is not None
+
+
+def test_warmup_is_linear_per_step():
+    spec = Spec(lr=0.1, warmup_epochs=2, epochs=5)
+    assert lr_at(spec, 0, 10) == pytest.approx(0.005)
+    assert lr_at(spec, 9, 10) == pytest.approx(0.05)
+    assert lr_at(spec, 19, 10) == lr_at(spec, 100, 10) == pytest.approx(0.1)
+    assert lr_at(Spec(lr=0.1), 0, 10) == 0.1
