@@ -145,6 +145,3 @@ def normalize(images: torch.Tensor, dataset: str) -> torch.Tensor:
     std_t = torch.tensor(std).view(1, -1, 1, 1)
     return (x - mean_t) / std_t
 
-
-def split_paths(root: str | Path = "data") -> dict[str, Path]:
-    return {"train": Path(root) / "train.beton", "test": Path(root) / "test.beton"}

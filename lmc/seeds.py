@@ -26,3 +26,22 @@ def rng(base: int, purpose: str, *counters: int) -> np.random.Generator:
 def epoch_order(order_seed: int, epoch: int, n: int) -> np.ndarray:
     """The permutation of n samples that a twin with `order_seed` sees in `epoch`."""
     return rng(order_seed, "data-order", epoch).permutation(n)
+
+
+_GOLDEN, _MIX1, _MIX2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def sample_uniforms(base: int, purpose: str, epoch: int, indices, draws: int) -> np.ndarray:
+    """Uniforms in [0, 1), shape (len(indices), draws), each a pure function of (base, purpose, epoch, index, j).
+
+    A counter-based hash (splitmix64) keyed per epoch: no generator state, so the draws of a sample do
+    not depend on which batch or worker handles it, and they change from epoch to epoch.
+    """
+    key = np.uint64(derive_seed(base, purpose, epoch))
+    idx = np.asarray(indices, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = key + (idx[:, None] * np.uint64(draws) + np.arange(draws, dtype=np.uint64) + np.uint64(1)) * _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * _MIX1
+        z = (z ^ (z >> np.uint64(27))) * _MIX2
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)

@@ -44,6 +44,7 @@ class Spec:
     batch_size: int = _field(128, "minibatch size, up to the whole train split", min=1)
     epochs: int = _field(12, "training epochs", min=1)
     warmup_epochs: int = _field(0, "epochs of linear learning-rate warm-up from 0", min=0)
+    augment: bool = _field(False, "random translation (up to 2 px) and horizontal flip, seeded per twin")
     init_seed: int = _field(0, "seed of the shared initialization Θ0", min=0)
     order_seed_a: int = _field(43, "data-order seed of twin A", min=0)
     order_seed_b: int = _field(118, "data-order seed of twin B", min=0)
@@ -61,9 +62,9 @@ class SpecError(ValueError):
 
 
 def _check_value(f: dataclasses.Field, value: Any) -> None:
-    expected = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str}[f.type]
+    expected = {"int": int, "float": float, "str": str, "bool": bool}[f.type]
     allowed = f.metadata.get("help", "")
-    ok_type = isinstance(value, expected) and not isinstance(value, bool)
+    ok_type = isinstance(value, expected) and (expected is bool or not isinstance(value, bool))
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         ok_type = True
     if not ok_type:
@@ -90,7 +91,7 @@ def spec_from_dict(raw: Any) -> Spec:
             raise SpecError(f"params: unknown key '{key}'{hint}")
     for key, value in raw.items():
         _check_value(fields[key], value)
-    values = {k: (float(v) if fields[k].type in (float, "float") else v) for k, v in raw.items()}
+    values = {k: (float(v) if fields[k].type == "float" else v) for k, v in raw.items()}
     spec = Spec(**values)
     train_size = spec.data["train"]
     if spec.batch_size > train_size:

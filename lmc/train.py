@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from . import data
+from .augment import augment
 from .models import stack_states, stacked_forward
 from .spec import Spec
 
@@ -46,10 +47,13 @@ def lr_at(spec: Spec, step: int, steps_per_epoch: int) -> float:
     return spec.lr * min(1.0, (step + 1) / warm) if warm else spec.lr
 
 
-def train_twins(spec: Spec, model: nn.Module, loaders: list, progress=None,
+def train_twins(spec: Spec, model: nn.Module, loaders: list, aug_seeds: list[int] | None = None, progress=None,
                 on_epoch: Callable[[EpochStats], None] | None = None,
                 threads: int | None = None) -> TrainResult:
-    """Train len(loaders) copies of `model` (each from its weights) in lockstep."""
+    """Train len(loaders) copies of `model` (each from its weights) in lockstep.
+
+    Twin k reads loaders[k]; with spec.augment its batches are augmented with aug_seeds[k].
+    """
     threads = threads or os.cpu_count() or 1
     k = len(loaders)
     state = {n: t.detach().clone().requires_grad_() for n, t in
@@ -66,6 +70,9 @@ def train_twins(spec: Spec, model: nn.Module, loaders: list, progress=None,
         # FFCV sets torch's thread count to its worker count when an epoch starts: take it back.
         torch.set_num_threads(threads)
         for batches in zip(*epoch_batches, strict=True):
+            if spec.augment:
+                batches = [(augment(images, index, epoch, seed), labels, index)
+                           for (images, labels, index), seed in zip(batches, aug_seeds, strict=True)]
             x = torch.stack([data.normalize(images, spec.dataset) for images, _, _ in batches])
             y = torch.stack([labels.long() for _, labels, _ in batches])
             logits = stacked_forward(model, state, x)

@@ -1,5 +1,5 @@
 """prepare: the dataset -> data/train.beton and data/test.beton."""
-from lmc import data
+from lmc import data, paths
 from lmc.spec import load_params
 from lmc.stage import entry
 
@@ -8,9 +8,8 @@ from lmc.stage import entry
 def main() -> None:
     spec = load_params()
     train, test = data.LOADERS[spec.dataset]()
-    paths = data.split_paths()
-    data.write_beton(train, paths["train"])
-    data.write_beton(test, paths["test"])
+    data.write_beton(train, paths.BETONS["train"])
+    data.write_beton(test, paths.BETONS["test"])
 
 
 if __name__ == "__main__":

@@ -4,24 +4,20 @@ import sys
 from dvclive import Live
 from tqdm import tqdm
 
-from lmc import data, models
+from lmc import data, models, paths
 from lmc.spec import load_params
 from lmc.stage import entry
 from lmc.train import train_twins
-from stages.init import INIT_PATH
-
-TWIN_PATHS = {"a": "data/twins/a.pt", "b": "data/twins/b.pt"}
-LIVE_DIR = "reports/train"
 
 
 @entry
 def main() -> None:
     spec = load_params()
-    init = models.load_checkpoint(INIT_PATH, stage="init")
-    train_path = data.split_paths()["train"]
+    init = models.load_checkpoint(paths.INIT, stage="init")
+    train_path = paths.BETONS["train"]
     order_seeds = {"a": spec.order_seed_a, "b": spec.order_seed_b}
     loaders = [data.twin_loader(train_path, spec.batch_size, seed) for seed in order_seeds.values()]
-    with Live(LIVE_DIR, dvcyaml=False, save_dvc_exp=False, report=None) as live, \
+    with Live(str(paths.TRAIN_LIVE), dvcyaml=False, save_dvc_exp=False, report=None) as live, \
             tqdm(total=spec.epochs * len(loaders[0]), desc="train A|B", unit="step", disable=None) as bar:
         def log(stats):
             for i, twin in enumerate(order_seeds):
@@ -29,11 +25,11 @@ def main() -> None:
                 live.log_metric(f"acc_{twin}", stats.acc[i])
             live.next_step()
             bar.set_postfix_str(f"epoch {stats.epoch + 1} loss {stats.loss[0]:.3f}|{stats.loss[1]:.3f}")
-        result = train_twins(spec, init.model, loaders, progress=bar, on_epoch=log)
+        result = train_twins(spec, init.model, loaders, [spec.aug_seed_a, spec.aug_seed_b], progress=bar, on_epoch=log)
     if result.status != "ok":
         print(f"train: a twin diverged in epoch {result.diverged_epoch + 1}; "
               f"the report will show this run as unstable", file=sys.stderr)
-    for i, (twin, path) in enumerate(TWIN_PATHS.items()):
+    for i, (twin, path) in enumerate(paths.TWINS.items()):
         models.save_checkpoint(path, init.arch, models.unstack_state(result.state, i),
                                twin=twin, status=result.status, diverged_epoch=result.diverged_epoch,
                                order_seed=order_seeds[twin])

@@ -16,7 +16,7 @@ def betons(tmp_path_factory, mnist5k):
     root = tmp_path_factory.mktemp("betons")
     for split, s in zip(("train", "test"), mnist5k):
         data.write_beton(s, root / f"{split}.beton")
-    return data.split_paths(root)
+    return {split: root / f"{split}.beton" for split in ("train", "test")}
 
 
 @pytest.fixture

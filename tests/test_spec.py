@@ -28,6 +28,8 @@ BAD = [  # (params, words the one-line message must contain)
     ({"warmup_epochs": 50}, ["warmup_epochs=50", "epochs=12"]),
     ({"init_seed": -3}, ["init_seed=-3", ">= 0"]),
     ({"model": "resnet"}, ["model='resnet'", "mlp"]),
+    ({"augment": "yes"}, ["augment='yes'", "bool"]),
+    ({"alphas": 11.0}, ["alphas=11.0", "int"]),
 ]
 
 

@@ -14,7 +14,8 @@ def twin_loaders(betons, spec):
 
 
 def train(betons, spec, **kw):
-    return train_twins(spec, models.init_model(spec), twin_loaders(betons, spec), **kw)
+    return train_twins(spec, models.init_model(spec), twin_loaders(betons, spec),
+                       [spec.aug_seed_a, spec.aug_seed_b], **kw)
 
 
 @pytest.mark.parametrize("optimizer,lr", [("sgd", 0.1), ("adam", 0.005)])
@@ -56,6 +57,17 @@ def test_training_is_bit_reproducible_across_reruns_and_thread_counts(betons, ti
     for name in runs[0]:
         assert torch.equal(runs[0][name], runs[1][name]), f"{name} differs between reruns"
         assert torch.equal(runs[0][name], runs[2][name]), f"{name} differs between 1 and 2 threads"
+
+
+def test_augmentation_is_seeded_per_twin(betons, tiny_spec):
+    spec = dataclasses.replace(tiny_spec, augment=True, epochs=1)
+    runs = [train(betons, spec).state, train(betons, spec).state,
+            train(betons, dataclasses.replace(spec, augment=False)).state,
+            train(betons, dataclasses.replace(spec, aug_seed_b=7)).state]
+    w = [r["layers.0.weight"] for r in runs]
+    assert torch.equal(w[0], w[1])  # rerun: same bytes
+    assert not torch.equal(w[0], w[2])  # augmentation changes training
+    assert torch.equal(w[0][0], w[3][0]) and not torch.equal(w[0][1], w[3][1])  # B's seed moves B only
 
 
 def test_divergence_is_reported_not_raised(betons, tiny_spec):

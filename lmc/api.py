@@ -1,0 +1,58 @@
+"""The Python API for notebooks; the stages are built from the same calls.
+
+    from lmc import api
+    run = api.load_run()                          # Θ0, A and B of the last `dvc repro`, as nn.Modules
+    images, labels = api.load_split("test")       # a prepared split as tensors
+    mid = api.interpolate(run.a, run.b, 0.5)      # Θ(0.5) as an nn.Module
+    api.barriers(run.a, run.b, images, labels, run.dataset)   # barrier, loss barrier, accuracies, curves
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import connectivity, data, models, paths
+from .connectivity import interpolate  # noqa: F401  (part of the API)
+from .spec import load_params
+
+
+@dataclass(frozen=True)
+class Run:
+    init: nn.Module
+    a: nn.Module
+    b: nn.Module
+    status: str  # "ok" or "diverged"
+    dataset: str
+
+
+def load_run(root: str | Path = ".") -> Run:
+    root = Path(root)
+    init = models.load_checkpoint(root / paths.INIT, stage="init")
+    a, b = (models.load_checkpoint(root / p, stage="train") for p in paths.TWINS.values())
+    return Run(init.model, a.model, b.model, a.meta["status"], load_params(root / "params.yaml").dataset)
+
+
+def load_split(split: str = "test", root: str | Path = ".") -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images (N, H, W, C) and int64 labels of a prepared split ("train" or "test")."""
+    s = data.read_split(Path(root) / paths.BETONS[split])
+    return torch.from_numpy(s.images), torch.from_numpy(s.labels)
+
+
+def path_curves(model_a: nn.Module, model_b: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                dataset: str, alphas: int = 11) -> dict:
+    """Error and loss of Θ(α) at `alphas` equidistant points, all α in one batched pass."""
+    grid = connectivity.alpha_grid(alphas)
+    stacked = connectivity.interpolate_states(model_a.state_dict(), model_b.state_dict(), grid)
+    error, loss = connectivity.evaluate_stack(model_a, stacked, images, labels, dataset)
+    return {"alpha": grid.tolist(), "error": error.tolist(), "loss": loss.tolist()}
+
+
+def barriers(model_a: nn.Module, model_b: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+             dataset: str, alphas: int = 11) -> dict:
+    """Error and loss barriers on one split, the endpoints' accuracies, and the curves behind them."""
+    c = path_curves(model_a, model_b, images, labels, dataset, alphas)
+    return {"barrier": connectivity.barrier(c["error"]), "loss_barrier": connectivity.barrier(c["loss"]),
+            "acc_a": 1 - c["error"][0], "acc_b": 1 - c["error"][-1], **c}
