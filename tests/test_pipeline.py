@@ -35,9 +35,16 @@ def copy_repo(dest: Path, params: dict | None = None) -> Path:
         raw = yaml.safe_load((dest / "params.yaml").read_text())
         (dest / "params.yaml").write_text(yaml.safe_dump({**raw, **params}, sort_keys=False))
     sh(dest, "git", "init", "-q")
-    sh(dest, "git", "add", "-A")
-    sh(dest, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy")
+    # `dvc exp run` commits too: give the copy an identity of its own, whatever the user's config.
+    sh(dest, "git", "config", "user.name", "lmc tests")
+    sh(dest, "git", "config", "user.email", "tests@lmc.local")
+    commit(dest, "copy")
     return dest
+
+
+def commit(repo: Path, message: str) -> None:
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", message)
 
 
 def ran(output: str) -> list[str]:
@@ -69,8 +76,7 @@ def test_repro_writes_every_report(tiny_repo):
 
 
 def test_experiment_reruns_only_train_and_later_and_is_compared(tiny_repo):
-    sh(tiny_repo, "git", "add", "-A")
-    sh(tiny_repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline")
+    commit(tiny_repo, "baseline")
     out = sh(tiny_repo, "dvc", "exp", "run", "-S", "optimizer=adam", "-S", "lr=0.005").stdout
     assert ran(out) == ["check", "train", "interpolate", "report"]
     table = json.loads(sh(tiny_repo, "dvc", "exp", "show", "--json").stdout)
@@ -83,8 +89,7 @@ def test_experiment_reruns_only_train_and_later_and_is_compared(tiny_repo):
 def test_lock_is_bit_reproducible(tmp_path):
     repo = copy_repo(tmp_path, TINY)
     sh(repo, "dvc", "repro")
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "lock")
+    commit(repo, "lock")
     sh(repo, "dvc", "repro", "-f")
     sh(repo, "git", "diff", "--exit-code", "dvc.lock", "reports")
 
