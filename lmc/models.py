@@ -17,7 +17,7 @@ from torch.func import functional_call, vmap
 
 from . import seeds
 from .io import write_bytes_atomic
-from .spec import Spec
+from .spec import KERNEL, Spec
 
 CHECKPOINT_FORMAT = 1
 
@@ -41,13 +41,80 @@ class MLP(nn.Module):
         return x
 
 
-REGISTRY: dict[str, Callable[..., nn.Module]] = {"mlp": MLP}
+class LinearNet(MLP):
+    """`depth` linear layers with the identity between them (depth=1 is logistic regression)."""
+
+    def __init__(self, in_shape: list[int], classes: int, depth: int, width: int):
+        super().__init__(in_shape, classes, depth, width, negative_slope=1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class CNN(nn.Module):
+    """One conv layer (`channels` filters of k×k, stride k, no padding), Leaky-ReLU, a linear classifier."""
+
+    def __init__(self, in_shape: list[int], classes: int, channels: int, negative_slope: float, kernel: int = KERNEL):
+        super().__init__()
+        h, w, c = in_shape
+        self.hidden = nn.Conv2d(c, channels, kernel, stride=kernel)
+        self.head = nn.Linear(channels * (h // kernel) * (w // kernel), classes)
+        self.negative_slope = negative_slope
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(nn.functional.leaky_relu(self.hidden(x), self.negative_slope).flatten(1))
+
+
+class LocallyConnected2d(nn.Module):
+    """A convolution without weight sharing: its own k×k kernel (and bias) at every output position."""
+
+    def __init__(self, in_channels: int, out_channels: int, in_hw: tuple[int, int], kernel: int):
+        super().__init__()
+        self.out_hw = (in_hw[0] // kernel, in_hw[1] // kernel)
+        positions, fan_in = self.out_hw[0] * self.out_hw[1], in_channels * kernel * kernel
+        bound = fan_in ** -0.5  # the bound nn.Conv2d's default init uses, per position
+        self.weight = nn.Parameter(torch.empty(positions, out_channels, fan_in).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(out_channels, *self.out_hw).uniform_(-bound, bound))
+        self.kernel = kernel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        patches = nn.functional.unfold(x, self.kernel, stride=self.kernel)  # (B, C·k·k, P)
+        out = torch.einsum("bip,poi->bop", patches, self.weight)
+        return out.reshape(x.shape[0], -1, *self.out_hw) + self.bias
+
+
+class LCCNN(CNN):
+    """The CNN's layout with a locally connected hidden layer: locality without weight sharing."""
+
+    def __init__(self, in_shape: list[int], classes: int, channels: int, negative_slope: float, kernel: int = KERNEL):
+        super().__init__(in_shape, classes, channels, negative_slope, kernel)
+        h, w, c = in_shape
+        self.hidden = LocallyConnected2d(c, channels, (h, w), kernel)
+
+
+REGISTRY: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "linear": LinearNet, "cnn": CNN, "lc_cnn": LCCNN}
+
+
+def toeplitz_width(channels: int, in_shape, kernel: int = KERNEL) -> int:
+    """Hidden width of the dense layer that a CNN or LC-CNN hidden layer embeds into: Co·H'·W'."""
+    return channels * (in_shape[0] // kernel) * (in_shape[1] // kernel)
 
 
 def arch_from_spec(spec: Spec) -> dict:
+    """The constructor arguments of the spec's model, and only those (they key the init stage)."""
     d = spec.data
-    return {"name": spec.model, "in_shape": list(d["shape"]), "classes": d["classes"],
-            "depth": spec.depth, "width": spec.width, "negative_slope": spec.negative_slope}
+    arch = {"name": spec.model, "in_shape": list(d["shape"]), "classes": d["classes"]}
+    width = toeplitz_width(spec.channels, d["shape"]) if spec.width == "auto" else spec.width
+    if spec.model == "mlp":
+        arch.update(depth=spec.depth, width=width, negative_slope=spec.negative_slope)
+    elif spec.model == "linear":
+        arch.update(depth=spec.depth, width=width)
+    else:
+        arch.update(channels=spec.channels, negative_slope=spec.negative_slope)
+    return arch
 
 
 def build(arch: dict) -> nn.Module:

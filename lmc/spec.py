@@ -21,8 +21,10 @@ PARAMS_FILE = "params.yaml"
 DATASETS = {
     "mnist5k": {"train": 4000, "test": 1000, "shape": (28, 28, 1), "classes": 10},
 }
-MODELS = ("mlp",)
+MODELS = ("mlp", "linear", "cnn", "lc_cnn")
 OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "cosine")
+KERNEL = 4  # hidden-layer kernel (and stride) of cnn and lc_cnn
 
 
 def _field(default: Any, help: str, **checks: Any) -> Any:
@@ -35,8 +37,10 @@ class Spec:
 
     dataset: str = _field("mnist5k", "dataset to train on", choices=tuple(DATASETS))
     model: str = _field("mlp", "architecture from the model registry", choices=MODELS)
-    depth: int = _field(2, "number of weight layers L (2 = one hidden layer)", min=1)
-    width: int = _field(512, "hidden width of the MLP", min=1)
+    depth: int = _field(2, "number of weight layers L of mlp/linear (2 = one hidden layer; cnn, lc_cnn: 2)", min=1)
+    width: int | str = _field(512, "hidden width of mlp/linear; auto = the Toeplitz width channels·H'·W'",
+                              min=1, auto=True)
+    channels: int = _field(128, "filters Co of the cnn / lc_cnn hidden layer (4×4, stride 4)", min=1)
     negative_slope: float = _field(0.0, "Leaky-ReLU negative slope p (0 = ReLU, 1 = identity)", min=0.0, max=1.0)
     optimizer: str = _field("sgd", "sgd (with momentum) or adam", choices=OPTIMIZERS)
     lr: float = _field(0.1, "peak learning rate", min_exclusive=0.0)
@@ -44,6 +48,9 @@ class Spec:
     batch_size: int = _field(128, "minibatch size, up to the whole train split", min=1)
     epochs: int = _field(12, "training epochs", min=1)
     warmup_epochs: int = _field(0, "epochs of linear learning-rate warm-up from 0", min=0)
+    schedule: str = _field("constant", "learning rate after warm-up: constant, or cosine decay to 0", choices=SCHEDULES)
+    weight_decay: float = _field(0.0, "L2 weight decay (coupled, as torch's SGD and Adam apply it)", min=0.0)
+    grad_clip: float = _field(0.0, "clip each twin's gradient to this global L2 norm (0 = off)", min=0.0)
     augment: bool = _field(False, "random translation (up to 2 px) and horizontal flip, seeded per twin")
     init_seed: int = _field(0, "seed of the shared initialization Θ0", min=0)
     order_seed_a: int = _field(43, "data-order seed of twin A", min=0)
@@ -62,14 +69,16 @@ class SpecError(ValueError):
 
 
 def _check_value(f: dataclasses.Field, value: Any) -> None:
-    expected = {"int": int, "float": float, "str": str, "bool": bool}[f.type]
-    allowed = f.metadata.get("help", "")
+    m = f.metadata
+    if m.get("auto") and value == "auto":
+        return
+    expected = {"int": int, "float": float, "str": str, "bool": bool}[f.type.split(" | ")[0]]
+    allowed = m.get("help", "")
     ok_type = isinstance(value, expected) and (expected is bool or not isinstance(value, bool))
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         ok_type = True
     if not ok_type:
         raise SpecError(f"params: {f.name}={value!r} must be {expected.__name__} ({allowed})")
-    m = f.metadata
     if "choices" in m and value not in m["choices"]:
         raise SpecError(f"params: {f.name}={value!r} is not allowed; choose one of {', '.join(m['choices'])}")
     bounds = [("min", lambda v, b: v >= b, ">="), ("max", lambda v, b: v <= b, "<="),
@@ -100,6 +109,14 @@ def spec_from_dict(raw: Any) -> Spec:
     if spec.warmup_epochs > spec.epochs:
         raise SpecError(f"params: warmup_epochs={spec.warmup_epochs} exceeds epochs={spec.epochs}; "
                         f"use at most {spec.epochs}")
+    h, w, _ = spec.data["shape"]
+    if spec.model in ("cnn", "lc_cnn"):
+        if spec.depth != 2:
+            raise SpecError(f"params: depth={spec.depth} is not supported by model={spec.model} "
+                            f"(one hidden layer); use depth: 2")
+        if h % KERNEL or w % KERNEL:
+            raise SpecError(f"params: model={spec.model} needs images that {KERNEL}×{KERNEL} kernels tile, "
+                            f"but {spec.dataset} is {h}×{w}; choose another model or dataset")
     return spec
 
 

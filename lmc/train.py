@@ -37,14 +37,27 @@ class TrainResult:
 
 def make_optimizer(spec: Spec, params: list[torch.Tensor]) -> torch.optim.Optimizer:
     if spec.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum)
-    return torch.optim.Adam(params, lr=spec.lr)
+        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
 
 
 def lr_at(spec: Spec, step: int, steps_per_epoch: int) -> float:
-    """Linear warm-up from 0 over warmup_epochs (per step), then constant."""
+    """Linear warm-up from 0 over warmup_epochs (per step), then constant or a cosine decay to 0."""
     warm = spec.warmup_epochs * steps_per_epoch
-    return spec.lr * min(1.0, (step + 1) / warm) if warm else spec.lr
+    if step < warm:
+        return spec.lr * (step + 1) / warm
+    if spec.schedule == "cosine":
+        total = spec.epochs * steps_per_epoch
+        return spec.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+    return spec.lr
+
+
+def clip_per_model(params: list[torch.Tensor], max_norm: float) -> None:
+    """Scale each model's gradient (a slice on the leading axis) to global L2 norm <= max_norm."""
+    norms = torch.stack([p.grad.flatten(1).pow(2).sum(1) for p in params]).sum(0).sqrt()
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for p in params:
+        p.grad.mul_(scale.view(-1, *([1] * (p.dim() - 1))))
 
 
 def train_twins(spec: Spec, model: nn.Module, loaders: list, aug_seeds: list[int] | None = None, progress=None,
@@ -85,6 +98,8 @@ def train_twins(spec: Spec, model: nn.Module, loaders: list, aug_seeds: list[int
                 group["lr"] = lr_at(spec, step, steps_per_epoch)
             opt.zero_grad(set_to_none=True)
             losses.sum().backward()
+            if spec.grad_clip:
+                clip_per_model(list(state.values()), spec.grad_clip)
             opt.step()
             step += 1
             batch = y.shape[1]

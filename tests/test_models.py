@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -63,3 +65,71 @@ def test_bad_checkpoints_name_the_file_and_the_stage(tmp_path):
     torch.save({"weights": 1}, tmp_path / "foreign.pt")
     with pytest.raises(models.CheckpointError, match="not an lmc checkpoint"):
         models.load_checkpoint(tmp_path / "foreign.pt")
+
+
+def cifar_arch(name, **kw):
+    return {"name": name, "in_shape": [32, 32, 3], "classes": 10, **kw}
+
+
+@pytest.mark.parametrize("arch,millions", [
+    (cifar_arch("cnn", channels=128, negative_slope=0.0), 0.09),
+    (cifar_arch("lc_cnn", channels=128, negative_slope=0.0), 0.48),
+    (cifar_arch("mlp", depth=2, width=models.toeplitz_width(128, (32, 32, 3)), negative_slope=0.0), 25.26),
+])
+def test_parameter_counts_match_table_3(arch, millions):
+    count = sum(p.numel() for p in models.build(arch).parameters())
+    assert round(count / 1e6, 2) == millions
+
+
+def toeplitz(hidden: torch.nn.Module, in_shape) -> tuple[torch.Tensor, torch.Tensor]:
+    """The dense matrix (and bias) of a hidden layer, read off by feeding it the basis images."""
+    h, w, c = in_shape
+    basis = torch.eye(c * h * w).view(-1, c, h, w)
+    with torch.no_grad():
+        bias = hidden(torch.zeros(1, c, h, w)).flatten()
+        return (hidden(basis).flatten(1) - bias).T, bias
+
+
+@pytest.mark.parametrize("name", ["cnn", "lc_cnn"])
+def test_toeplitz_correspondence_with_the_mlp(name):
+    in_shape = [12, 8, 3]
+    torch.manual_seed(0)
+    small = models.build({"name": name, "in_shape": in_shape, "classes": 5, "channels": 6, "negative_slope": 0.1})
+    width = models.toeplitz_width(6, in_shape)
+    mlp = models.build({"name": "mlp", "in_shape": in_shape, "classes": 5, "depth": 2, "width": width,
+                        "negative_slope": 0.1})
+    weight, bias = toeplitz(small.hidden, in_shape)
+    assert weight.shape == (width, 3 * 12 * 8)
+    if name == "cnn":  # weight sharing: each filter's 48 weights fill many rows
+        assert torch.unique(weight).numel() <= 6 * 48 + 1
+    # locality: an output position sees only its own 4×4 patch of each channel
+    assert (weight != 0).sum(1).max() <= 3 * 16
+    with torch.no_grad():
+        mlp.layers[0].weight.copy_(weight)
+        mlp.layers[0].bias.copy_(bias)
+        mlp.layers[1].load_state_dict(small.head.state_dict())
+    x = torch.randn(7, 3, 12, 8)
+    torch.testing.assert_close(mlp(x), small(x), atol=1e-5, rtol=1e-5)
+
+
+def test_width_auto_is_the_toeplitz_width():
+    assert models.arch_from_spec(Spec(width="auto"))["width"] == 128 * 7 * 7
+    assert models.arch_from_spec(Spec(model="cnn")) == {"name": "cnn", "in_shape": [28, 28, 1], "classes": 10,
+                                                        "channels": 128, "negative_slope": 0.0}
+
+
+@pytest.mark.parametrize("name", ["linear", "cnn", "lc_cnn"])
+def test_every_model_runs_stacked(name):
+    spec = Spec(model=name, width=16, channels=4)
+    ms = [models.init_model(dataclasses.replace(spec, init_seed=s)) for s in (0, 1)]
+    x = torch.randn(2, 3, 1, 28, 28)
+    out = models.stacked_forward(ms[0], models.stack_states([m.state_dict() for m in ms]), x)
+    for i, m in enumerate(ms):
+        torch.testing.assert_close(out[i], m(x[i]), atol=1e-5, rtol=1e-5)
+
+
+def test_linear_net_is_linear():
+    model = models.init_model(Spec(model="linear", depth=4, width=16))
+    x, y = torch.randn(3, 1, 28, 28), torch.randn(3, 1, 28, 28)
+    zero = model(torch.zeros_like(x))
+    torch.testing.assert_close(model(x + y) + zero, model(x) + model(y), atol=1e-5, rtol=1e-4)

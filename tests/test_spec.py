@@ -29,6 +29,12 @@ BAD = [  # (params, words the one-line message must contain)
     ({"init_seed": -3}, ["init_seed=-3", ">= 0"]),
     ({"model": "resnet"}, ["model='resnet'", "mlp"]),
     ({"augment": "yes"}, ["augment='yes'", "bool"]),
+    ({"width": "wide"}, ["width='wide'", "int"]),
+    ({"width": 0}, ["width=0", ">= 1"]),
+    ({"model": "cnn", "depth": 3}, ["depth=3 is not supported by model=cnn", "depth: 2"]),
+    ({"schedule": "step"}, ["schedule='step'", "constant, cosine"]),
+    ({"grad_clip": -1.0}, ["grad_clip=-1.0", ">= 0.0"]),
+    ({"weight_decay": "none"}, ["weight_decay='none'", "float"]),
     ({"alphas": 11.0}, ["alphas=11.0", "int"]),
 ]
 
@@ -49,8 +55,9 @@ def test_params_yaml_holds_every_key_at_its_default():
     assert load_params(ROOT / "params.yaml") == Spec(**raw)
 
 
-def test_int_given_for_float_is_accepted():
+def test_int_given_for_float_is_accepted_and_width_may_be_auto():
     assert spec_from_dict({"lr": 1}).lr == 1.0
+    assert spec_from_dict({"width": "auto"}).width == "auto"
 
 
 def test_not_a_mapping_and_broken_yaml(tmp_path):

@@ -6,7 +6,7 @@ from torch import nn
 
 from lmc import data, models
 from lmc.spec import Spec
-from lmc.train import lr_at, make_optimizer, train_twins
+from lmc.train import clip_per_model, lr_at, make_optimizer, train_twins
 
 
 def twin_loaders(betons, spec):
@@ -73,6 +73,41 @@ def test_augmentation_is_seeded_per_twin(betons, tiny_spec):
 def test_divergence_is_reported_not_raised(betons, tiny_spec):
     result = train(betons, dataclasses.replace(tiny_spec, lr=1e6, epochs=3))
     assert result.status == "diverged" and result.diverged_epoch is not None
+
+
+def test_cosine_decays_to_zero_after_warmup():
+    spec = Spec(lr=0.1, warmup_epochs=1, epochs=3, schedule="cosine")
+    assert lr_at(spec, 9, 10) == pytest.approx(0.1)
+    assert lr_at(spec, 10, 10) == pytest.approx(0.1)
+    assert lr_at(spec, 20, 10) == pytest.approx(0.05)
+    assert lr_at(spec, 30, 10) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_gradient_clipping_is_per_twin():
+    g = [torch.tensor([[3.0, 4.0], [0.3, 0.4]]), torch.tensor([[0.0], [0.0]])]
+    params = [torch.zeros_like(t, requires_grad=True) for t in g]
+    for p, t in zip(params, g):
+        p.grad = t.clone()
+    clip_per_model(params, 1.0)
+    torch.testing.assert_close(params[0].grad, torch.tensor([[0.6, 0.8], [0.3, 0.4]]), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("extra", [{"weight_decay": 1e-3, "grad_clip": 0.5, "schedule": "cosine"}])
+def test_lockstep_equals_alone_with_every_training_option(betons, tiny_spec, extra):
+    spec = dataclasses.replace(tiny_spec, epochs=1, **extra)
+    result = train(betons, spec)
+    model = models.init_model(spec)
+    opt = make_optimizer(spec, list(model.parameters()))
+    loader = data.twin_loader(betons["train"], spec.batch_size, spec.order_seed_a)
+    for step, (images, labels, _) in enumerate(loader):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(spec, step, len(loader))
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(data.normalize(images, spec.dataset)), labels.long()).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+        opt.step()
+    for name, w in model.state_dict().items():
+        torch.testing.assert_close(result.state[name][0].detach(), w, atol=2e-5, rtol=1e-4)
 
 
 def test_warmup_is_linear_per_step():
