@@ -129,8 +129,6 @@ def read_split(path: str | Path) -> Split:
         for image, label, _ in loader:
             images.append(image.numpy().copy())
             labels.append(label.numpy().astype(np.int64))
-    except DataError:
-        raise
     except Exception as err:  # FFCV raises assorted errors on damaged files
         raise DataError(f"data: {path} is unreadable ({type(err).__name__}); "
                         f"rerun `dvc repro -f prepare` to rebuild it") from None

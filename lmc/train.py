@@ -67,6 +67,8 @@ def train_twins(spec: Spec, model: nn.Module, loaders: list, aug_seeds: list[int
 
     Twin k reads loaders[k]; with spec.augment its batches are augmented with aug_seeds[k].
     """
+    if spec.augment and (aug_seeds is None or len(aug_seeds) != len(loaders)):
+        raise ValueError("augment is on: pass one augmentation seed per loader")
     threads = threads or os.cpu_count() or 1
     k = len(loaders)
     state = {n: t.detach().clone().requires_grad_() for n, t in
@@ -112,9 +114,6 @@ def train_twins(spec: Spec, model: nn.Module, loaders: list, aug_seeds: list[int
         result.history.append(stats)
         if on_epoch is not None:
             on_epoch(stats)
-        if not all(math.isfinite(v) for v in stats.loss):
-            result.status, result.diverged_epoch = "diverged", epoch
-            return result
     if not all(torch.isfinite(t).all() for t in state.values()):  # the very last step blew up
         result.status, result.diverged_epoch = "diverged", spec.epochs - 1
     return result
