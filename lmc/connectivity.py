@@ -6,6 +6,8 @@ weights, which is the documented choice). Integer buffers (counters) must agree 
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from torch import nn
@@ -41,8 +43,6 @@ def interpolate_states(state_a: dict, state_b: dict, alphas) -> dict[str, torch.
 
 def interpolate(model_a: nn.Module, model_b: nn.Module, alpha: float) -> nn.Module:
     """One model at Θ(α), as an ordinary module (for notebooks)."""
-    import copy
-
     state = interpolate_states(model_a.state_dict(), model_b.state_dict(), [alpha])
     out = copy.deepcopy(model_a)
     out.load_state_dict({k: v[0] for k, v in state.items()})
