@@ -9,7 +9,7 @@ from lmc.spec import Spec
 from lmc.train import train_twins
 
 SETTINGS = [dict(model="mlp"), dict(model="mlp", width="auto"), dict(model="linear"), dict(model="cnn"),
-            dict(model="lc_cnn")]
+            dict(model="lc_cnn"), dict(model="vit"), dict(model="vit", width="auto")]
 
 
 def main() -> None:

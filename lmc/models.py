@@ -19,6 +19,11 @@ from . import seeds
 from .io import write_bytes_atomic
 from .spec import KERNEL, Spec
 
+VIT_HEADS, VIT_HEAD_DIM = 8, 48  # the paper's attention block: 8 heads of dimension 48
+# The paper gives the ViT's size (≈1.08M parameters) but not its embedding width; in this layout the
+# count on CIFAR-10 shapes is 106 + 1668·width, so `width: auto` for the ViT means 648 (1.081M).
+VIT_PAPER_WIDTH = 648
+
 CHECKPOINT_FORMAT = 1
 
 
@@ -92,7 +97,41 @@ class LCCNN(CNN):
         self.hidden = LocallyConnected2d(c, channels, (h, w), kernel)
 
 
-REGISTRY: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "linear": LinearNet, "cnn": CNN, "lc_cnn": LCCNN}
+class ViT(nn.Module):
+    """The paper's attention model: ViT patch embedding, ONE attention block with no skip connection and
+    no MLP part, then the ViT's final norm and classifier on the class token.
+
+    Layout as in vit-pytorch: patches -> LayerNorm -> Linear(width) -> LayerNorm, a learned class token
+    and positions, pre-norm multi-head attention (heads × head_dim inner width, no qkv bias), an output
+    projection, LayerNorm, linear head. Attention is written as batched matmuls so that vmap can stack twins.
+    """
+
+    def __init__(self, in_shape: list[int], classes: int, width: int, heads: int = VIT_HEADS,
+                 head_dim: int = VIT_HEAD_DIM, patch: int = KERNEL):
+        super().__init__()
+        h, w, c = in_shape
+        tokens, patch_dim, inner = (h // patch) * (w // patch) + 1, c * patch * patch, heads * head_dim
+        self.patch, self.heads, self.head_dim = patch, heads, head_dim
+        self.patch_norm, self.embed, self.embed_norm = nn.LayerNorm(patch_dim), nn.Linear(patch_dim, width), nn.LayerNorm(width)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, width) * 0.02)
+        self.positions = nn.Parameter(torch.randn(1, tokens, width) * 0.02)
+        self.attn_norm, self.qkv = nn.LayerNorm(width), nn.Linear(width, 3 * inner, bias=False)
+        self.proj, self.norm, self.head = nn.Linear(inner, width), nn.LayerNorm(width), nn.Linear(width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        patches = nn.functional.unfold(x, self.patch, stride=self.patch).transpose(1, 2)  # (B, P, C·k·k)
+        t = self.embed_norm(self.embed(self.patch_norm(patches)))
+        t = torch.cat([self.cls_token.expand(b, -1, -1), t], 1) + self.positions
+        n = t.shape[1]
+        q, k, v = self.qkv(self.attn_norm(t)).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        weights = torch.softmax(q @ k.transpose(-1, -2) * self.head_dim ** -0.5, dim=-1)
+        t = self.proj((weights @ v).transpose(1, 2).reshape(b, n, -1))  # no skip connection, no MLP
+        return self.head(self.norm(t[:, 0]))
+
+
+REGISTRY: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "linear": LinearNet, "cnn": CNN, "lc_cnn": LCCNN,
+                                                 "vit": ViT}
 
 
 def toeplitz_width(channels: int, in_shape, kernel: int = KERNEL) -> int:
@@ -104,11 +143,16 @@ def arch_from_spec(spec: Spec) -> dict:
     """The constructor arguments of the spec's model, and only those (they key the init stage)."""
     d = spec.data
     arch = {"name": spec.model, "in_shape": list(d["shape"]), "classes": d["classes"]}
-    width = toeplitz_width(spec.channels, d["shape"]) if spec.width == "auto" else spec.width
+    if spec.width != "auto":
+        width = spec.width
+    else:
+        width = VIT_PAPER_WIDTH if spec.model == "vit" else toeplitz_width(spec.channels, d["shape"])
     if spec.model == "mlp":
         arch.update(depth=spec.depth, width=width, negative_slope=spec.negative_slope)
     elif spec.model == "linear":
         arch.update(depth=spec.depth, width=width)
+    elif spec.model == "vit":
+        arch.update(width=width)
     else:
         arch.update(channels=spec.channels, negative_slope=spec.negative_slope)
     return arch

@@ -21,10 +21,10 @@ PARAMS_FILE = "params.yaml"
 DATASETS = {
     "mnist5k": {"train": 4000, "test": 1000, "shape": (28, 28, 1), "classes": 10},
 }
-MODELS = ("mlp", "linear", "cnn", "lc_cnn")
+MODELS = ("mlp", "linear", "cnn", "lc_cnn", "vit")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine")
-KERNEL = 4  # hidden-layer kernel (and stride) of cnn and lc_cnn
+KERNEL = 4  # hidden-layer kernel (and stride) of cnn and lc_cnn; the vit's patch size
 
 
 def _field(default: Any, help: str, **checks: Any) -> Any:
@@ -37,8 +37,9 @@ class Spec:
 
     dataset: str = _field("mnist5k", "dataset to train on", choices=tuple(DATASETS))
     model: str = _field("mlp", "architecture from the model registry", choices=MODELS)
-    depth: int = _field(2, "number of weight layers L of mlp/linear (2 = one hidden layer; cnn, lc_cnn: 2)", min=1)
-    width: int | str = _field(512, "hidden width of mlp/linear; auto = the Toeplitz width channels·H'·W'",
+    depth: int = _field(2, "number of weight layers L of mlp/linear (2 = one hidden layer; cnn, lc_cnn, vit: 2)", min=1)
+    width: int | str = _field(512, "hidden width of mlp/linear, embedding width of vit; auto = the paper's size "
+                              "(Toeplitz width channels·H'·W' for mlp/linear, 648 for vit)",
                               min=1, auto=True)
     channels: int = _field(128, "filters Co of the cnn / lc_cnn hidden layer (4×4, stride 4)", min=1)
     negative_slope: float = _field(0.0, "Leaky-ReLU negative slope p (0 = ReLU, 1 = identity)", min=0.0, max=1.0)
@@ -110,7 +111,7 @@ def spec_from_dict(raw: Any) -> Spec:
         raise SpecError(f"params: warmup_epochs={spec.warmup_epochs} exceeds epochs={spec.epochs}; "
                         f"use at most {spec.epochs}")
     h, w, _ = spec.data["shape"]
-    if spec.model in ("cnn", "lc_cnn"):
+    if spec.model in ("cnn", "lc_cnn", "vit"):
         if spec.depth != 2:
             raise SpecError(f"params: depth={spec.depth} is not supported by model={spec.model} "
                             f"(one hidden layer); use depth: 2")

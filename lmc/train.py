@@ -25,6 +25,7 @@ class EpochStats:
     epoch: int
     loss: list[float]  # per twin: mean train cross-entropy over the epoch's batches
     acc: list[float]  # per twin: accuracy on the epoch's batches, as seen during training
+    diverged: bool = False  # a twin's loss turned non-finite in this epoch (loss: that batch's, acc: NaN)
 
 
 @dataclass
@@ -95,6 +96,10 @@ def train_twins(spec: Spec, model: nn.Module, loaders: list, aug_seeds: list[int
             losses = losses.view(k, -1).mean(1)
             if not torch.isfinite(losses).all():
                 result.status, result.diverged_epoch = "diverged", epoch
+                stats = EpochStats(epoch, losses.tolist(), [math.nan] * k, diverged=True)
+                result.history.append(stats)
+                if on_epoch is not None:
+                    on_epoch(stats)
                 return result
             for group in opt.param_groups:
                 group["lr"] = lr_at(spec, step, steps_per_epoch)

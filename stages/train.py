@@ -1,4 +1,5 @@
 """train: twins A and B from Θ0, in lockstep -> data/twins/{a,b}.pt and per-epoch curves."""
+import math
 import sys
 
 from dvclive import Live
@@ -21,8 +22,10 @@ def main() -> None:
             tqdm(total=spec.epochs * len(loaders[0]), desc="train A|B", unit="step", disable=None) as bar:
         def log(stats):
             for i, twin in enumerate(order_seeds):
-                live.log_metric(f"loss_{twin}", stats.loss[i])
-                live.log_metric(f"acc_{twin}", stats.acc[i])
+                for name, value in ((f"loss_{twin}", stats.loss[i]), (f"acc_{twin}", stats.acc[i])):
+                    if math.isfinite(value):  # a diverged epoch logs only the flag below
+                        live.log_metric(name, value)
+            live.log_metric("diverged", int(stats.diverged))
             live.next_step()
             bar.set_postfix_str(f"epoch {stats.epoch + 1} loss {stats.loss[0]:.3f}|{stats.loss[1]:.3f}")
         result = train_twins(spec, init.model, loaders, [spec.aug_seed_a, spec.aug_seed_b], progress=bar, on_epoch=log)

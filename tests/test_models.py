@@ -75,6 +75,7 @@ def cifar_arch(name, **kw):
     (cifar_arch("cnn", channels=128, negative_slope=0.0), 0.09),
     (cifar_arch("lc_cnn", channels=128, negative_slope=0.0), 0.48),
     (cifar_arch("mlp", depth=2, width=models.toeplitz_width(128, (32, 32, 3)), negative_slope=0.0), 25.26),
+    (cifar_arch("vit", width=models.VIT_PAPER_WIDTH), 1.08),  # the paper's text, not Table 3
 ])
 def test_parameter_counts_match_table_3(arch, millions):
     count = sum(p.numel() for p in models.build(arch).parameters())
@@ -118,7 +119,7 @@ def test_width_auto_is_the_toeplitz_width():
                                                         "channels": 128, "negative_slope": 0.0}
 
 
-@pytest.mark.parametrize("name", ["linear", "cnn", "lc_cnn"])
+@pytest.mark.parametrize("name", ["linear", "cnn", "lc_cnn", "vit"])
 def test_every_model_runs_stacked(name):
     spec = Spec(model=name, width=16, channels=4)
     ms = [models.init_model(dataclasses.replace(spec, init_seed=s)) for s in (0, 1)]
@@ -133,3 +134,40 @@ def test_linear_net_is_linear():
     x, y = torch.randn(3, 1, 28, 28), torch.randn(3, 1, 28, 28)
     zero = model(torch.zeros_like(x))
     torch.testing.assert_close(model(x + y) + zero, model(x) + model(y), atol=1e-5, rtol=1e-4)
+
+
+def test_vit_width_auto_is_the_paper_size_and_heads_are_8_by_48():
+    arch = models.arch_from_spec(Spec(model="vit", width="auto"))
+    assert arch == {"name": "vit", "in_shape": [28, 28, 1], "classes": 10, "width": models.VIT_PAPER_WIDTH}
+    vit = models.build(arch)
+    assert vit.qkv.weight.shape == (3 * 8 * 48, models.VIT_PAPER_WIDTH) and vit.positions.shape[1] == 7 * 7 + 1
+
+
+def test_vit_attention_equals_torch_multihead_attention():
+    """Our batched-matmul attention is torch's nn.MultiheadAttention with the same weights."""
+    torch.manual_seed(0)
+    vit = models.build({"name": "vit", "in_shape": [8, 8, 3], "classes": 5, "width": 8 * 48})
+    mha = torch.nn.MultiheadAttention(8 * 48, 8, batch_first=True)
+    with torch.no_grad():
+        mha.in_proj_weight.copy_(vit.qkv.weight)
+        mha.in_proj_bias.zero_()
+        mha.out_proj.load_state_dict(vit.proj.state_dict())
+    x = torch.randn(3, 3, 8, 8)
+    tokens = {}
+    vit.attn_norm.register_forward_hook(lambda m, i, out: tokens.setdefault("normed", out))
+    vit.proj.register_forward_hook(lambda m, i, out: tokens.setdefault("attended", out))
+    with torch.no_grad():
+        vit(x)
+        expected, _ = mha(tokens["normed"], tokens["normed"], tokens["normed"])
+    torch.testing.assert_close(tokens["attended"], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_vit_has_no_skip_connection():
+    """With the attention output projection zeroed, nothing of the input reaches the classifier."""
+    torch.manual_seed(0)
+    vit = models.build({"name": "vit", "in_shape": [28, 28, 1], "classes": 10, "width": 32})
+    with torch.no_grad():
+        vit.proj.weight.zero_()
+        vit.proj.bias.zero_()
+        out = vit(torch.randn(4, 1, 28, 28))
+    torch.testing.assert_close(out, out[:1].expand_as(out))

@@ -86,6 +86,18 @@ def test_experiment_reruns_only_train_and_later_and_is_compared(tiny_repo):
     assert ran(out) == ["check", "interpolate", "report"]
 
 
+def test_diverged_experiment_finishes_and_reports_unstable(tiny_repo):
+    """A twin whose loss turns non-finite stops cleanly; every later stage still runs and says so."""
+    proc = sh(tiny_repo, "dvc", "exp", "run", "-S", "lr=1000000.0")
+    assert ran(proc.stdout) == ["check", "train", "interpolate", "report"]
+    metrics = json.loads((tiny_repo / "reports/metrics.json").read_text())
+    assert metrics["status"] == "diverged" and metrics["barrier_test"] is None
+    assert "**unstable**" in (tiny_repo / "reports/summary.md").read_text()
+    assert json.loads((tiny_repo / "reports/train/metrics.json").read_text())["diverged"] == 1
+    shown = json.dumps(json.loads(sh(tiny_repo, "dvc", "exp", "show", "--json").stdout))
+    assert '"status": "diverged"' in shown and '"status": "ok"' in shown
+
+
 def test_lock_is_bit_reproducible(tmp_path):
     repo = copy_repo(tmp_path, TINY)
     sh(repo, "dvc", "repro")

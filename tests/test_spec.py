@@ -32,6 +32,7 @@ BAD = [  # (params, words the one-line message must contain)
     ({"width": "wide"}, ["width='wide'", "int"]),
     ({"width": 0}, ["width=0", ">= 1"]),
     ({"model": "cnn", "depth": 3}, ["depth=3 is not supported by model=cnn", "depth: 2"]),
+    ({"model": "vit", "depth": 1}, ["depth=1 is not supported by model=vit", "depth: 2"]),
     ({"schedule": "step"}, ["schedule='step'", "constant, cosine"]),
     ({"grad_clip": -1.0}, ["grad_clip=-1.0", ">= 0.0"]),
     ({"weight_decay": "none"}, ["weight_decay='none'", "float"]),
@@ -83,3 +84,7 @@ def test_every_stage_stops_on_bad_params_before_writing(tmp_path, stage):
     assert proc.stderr.strip().splitlines() == [
         "error: params: optimizer='adamw2' is not allowed; choose one of sgd, adam"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_readme_params_table_is_describe():
+    assert describe() in (ROOT / "README.md").read_text(), "README's params table is stale: paste lmc.spec.describe()"

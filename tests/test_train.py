@@ -1,4 +1,5 @@
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -84,6 +85,8 @@ def test_augmentation_is_seeded_per_twin(betons, tiny_spec):
 def test_divergence_is_reported_not_raised(betons, tiny_spec):
     result = train(betons, dataclasses.replace(tiny_spec, lr=1e6, epochs=3))
     assert result.status == "diverged" and result.diverged_epoch is not None
+    last = result.history[-1]
+    assert last.diverged and last.epoch == result.diverged_epoch and not all(map(math.isfinite, last.loss))
 
 
 def test_cosine_decays_to_zero_after_warmup():
