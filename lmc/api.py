@@ -5,6 +5,7 @@
     images, labels = api.load_split("test")       # a prepared split as tensors
     mid = api.interpolate(run.a, run.b, 0.5)      # Θ(0.5) as an nn.Module
     api.barriers(run.a, run.b, images, labels, run.dataset)   # barrier, loss barrier, accuracies, curves
+    api.run_experiment(spec, "data/train.beton", "data/test.beton")   # a whole twin experiment in memory
 """
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import connectivity, data, models, paths
+from . import connectivity, data, models, paths, report
 from .connectivity import interpolate  # noqa: F401  (part of the API)
-from .spec import load_params
+from .spec import Spec, load_params
+from .train import train_twins
 
 
 @dataclass(frozen=True)
@@ -56,3 +58,27 @@ def barriers(model_a: nn.Module, model_b: nn.Module, images: torch.Tensor, label
     c = path_curves(model_a, model_b, images, labels, dataset, alphas)
     return {"barrier": connectivity.barrier(c["error"]), "loss_barrier": connectivity.barrier(c["loss"]),
             "acc_a": 1 - c["error"][0], "acc_b": 1 - c["error"][-1], **c}
+
+
+def run_experiment(spec: Spec, train_path: str | Path, test_path: str | Path, progress=None) -> dict:
+    """Θ0, twins A and B, and the interpolation on both splits, in one process (what the studies' cells
+    run; the default pipeline runs the same steps as separate stages). Returns status, metrics, curves and
+    the per-epoch history; the bytes of its JSON are a pure function of the spec and the data."""
+    init = models.init_model(spec)
+    loaders = [data.twin_loader(train_path, spec.batch_size, s) for s in (spec.order_seed_a, spec.order_seed_b)]
+    result = train_twins(spec, init, loaders, [spec.aug_seed_a, spec.aug_seed_b], progress=progress)
+    curves = {"alpha": connectivity.alpha_grid(spec.alphas).tolist(), "status": result.status}
+    if result.status == "ok":
+        twins = []
+        for i in range(2):
+            twin = models.build(models.arch_from_spec(spec))
+            twin.load_state_dict({k: v.detach() for k, v in models.unstack_state(result.state, i).items()})
+            twins.append(twin)
+        for split, path in (("train", train_path), ("test", test_path)):
+            s = data.read_split(path)
+            c = path_curves(*twins, torch.from_numpy(s.images), torch.from_numpy(s.labels), spec.dataset,
+                            spec.alphas)
+            curves[f"{split}_error"], curves[f"{split}_loss"] = c["error"], c["loss"]
+    history = [{"epoch": h.epoch, "loss": h.loss, "acc": h.acc, "diverged": h.diverged} for h in result.history]
+    return {"status": result.status, "diverged_epoch": result.diverged_epoch,
+            "metrics": report.metrics_from_curves(curves), "curves": curves, "history": history}

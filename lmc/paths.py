@@ -1,6 +1,7 @@
 """Where each stage's outputs live, relative to the repository root (dvc.yaml declares the same)."""
 from pathlib import Path
 
+SOURCE = Path("data/source.json")
 BETONS = {"train": Path("data/train.beton"), "test": Path("data/test.beton")}
 INIT = Path("data/init.pt")
 TWINS = {"a": Path("data/twins/a.pt"), "b": Path("data/twins/b.pt")}

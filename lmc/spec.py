@@ -20,6 +20,10 @@ PARAMS_FILE = "params.yaml"
 # shape-dependent mistakes (batch size larger than the train split) are caught up front.
 DATASETS = {
     "mnist5k": {"train": 4000, "test": 1000, "shape": (28, 28, 1), "classes": 10},
+    "mnist": {"train": 60000, "test": 10000, "shape": (28, 28, 1), "classes": 10},
+    "cifar10": {"train": 50000, "test": 10000, "shape": (32, 32, 3), "classes": 10},
+    "cifar100": {"train": 50000, "test": 10000, "shape": (32, 32, 3), "classes": 100},
+    "tinyimagenet": {"train": 100000, "test": 10000, "shape": (64, 64, 3), "classes": 200},
 }
 MODELS = ("mlp", "linear", "cnn", "lc_cnn", "vit")
 OPTIMIZERS = ("sgd", "adam")
@@ -35,7 +39,11 @@ def _field(default: Any, help: str, **checks: Any) -> Any:
 class Spec:
     """One twin experiment. Defaults: the paper's minimal model (1 hidden ReLU layer, SGD, lr 0.1)."""
 
-    dataset: str = _field("mnist5k", "dataset to train on", choices=tuple(DATASETS))
+    dataset: str = _field("mnist5k", "dataset to train on (mnist5k is bundled; the others are read from data_root)",
+                          choices=tuple(DATASETS))
+    data_root: str = _field("data/raw", "folder holding the datasets in torchvision's layout (MNIST/raw, "
+                            "cifar-10-batches-py, cifar-100-python) and tiny-imagenet-200/")
+    download: bool = _field(True, "fetch a missing MNIST or CIFAR into data_root with torchvision")
     model: str = _field("mlp", "architecture from the model registry", choices=MODELS)
     depth: int = _field(2, "number of weight layers L of mlp/linear (2 = one hidden layer; cnn, lc_cnn, vit: 2)", min=1)
     width: int | str = _field(512, "hidden width of mlp/linear, embedding width of vit; auto = the paper's size "
@@ -80,6 +88,8 @@ def _check_value(f: dataclasses.Field, value: Any) -> None:
         ok_type = True
     if not ok_type:
         raise SpecError(f"params: {f.name}={value!r} must be {expected.__name__} ({allowed})")
+    if expected is str and not value.strip():
+        raise SpecError(f"params: {f.name} is empty ({allowed})")
     if "choices" in m and value not in m["choices"]:
         raise SpecError(f"params: {f.name}={value!r} is not allowed; choose one of {', '.join(m['choices'])}")
     bounds = [("min", lambda v, b: v >= b, ">="), ("max", lambda v, b: v <= b, "<="),

@@ -1,5 +1,8 @@
-"""prepare: the dataset -> data/train.beton and data/test.beton."""
-from lmc import data, paths
+"""prepare: the located dataset -> data/train.beton and data/test.beton (uint8 images, labels, index).
+
+With `--study-dataset NAME` it serves the studies instead (studies/data/NAME/, the studies' scale).
+"""
+from lmc import data, datasets, studies
 from lmc.spec import load_params
 from lmc.stage import entry
 
@@ -7,9 +10,10 @@ from lmc.stage import entry
 @entry
 def main() -> None:
     spec = load_params()
-    train, test = data.LOADERS[spec.dataset]()
-    data.write_beton(train, paths.BETONS["train"])
-    data.write_beton(test, paths.BETONS["test"])
+    dataset, out = studies.stage_target(spec)
+    train, test = datasets.read(dataset, spec.data_root)  # both read and checked before any write
+    data.write_beton(train, out["train"])
+    data.write_beton(test, out["test"])
 
 
 if __name__ == "__main__":

@@ -1,13 +1,13 @@
 import numpy as np
 import pytest
 
-from lmc import data
+from lmc import data, datasets
 from lmc.spec import Spec
 
 
 @pytest.fixture(scope="session")
 def mnist5k():
-    return data.load_mnist5k()
+    return datasets.read_mnist5k()
 
 
 @pytest.fixture(scope="session")

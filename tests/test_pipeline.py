@@ -1,4 +1,5 @@
 """End to end: the real `dvc` commands on a temporary copy of this repository."""
+import copy
 import json
 import os
 import shutil
@@ -8,6 +9,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from lmc import data
+
+from .fixtures import WRITERS
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -78,24 +83,42 @@ def test_repro_writes_every_report(tiny_repo):
 def test_experiment_reruns_only_train_and_later_and_is_compared(tiny_repo):
     commit(tiny_repo, "baseline")
     out = sh(tiny_repo, "dvc", "exp", "run", "-S", "optimizer=adam", "-S", "lr=0.005").stdout
-    assert ran(out) == ["check", "train", "interpolate", "report"]
+    assert ran(out) == ["check", "source", "train", "interpolate", "report"]
     table = json.loads(sh(tiny_repo, "dvc", "exp", "show", "--json").stdout)
     text = json.dumps(table)
     assert '"optimizer": "adam"' in text and '"optimizer": "sgd"' in text and "barrier_test" in text
     out = sh(tiny_repo, "dvc", "exp", "run", "-S", "alphas=5").stdout
-    assert ran(out) == ["check", "interpolate", "report"]
+    assert ran(out) == ["check", "source", "interpolate", "report"]
 
 
 def test_diverged_experiment_finishes_and_reports_unstable(tiny_repo):
     """A twin whose loss turns non-finite stops cleanly; every later stage still runs and says so."""
-    proc = sh(tiny_repo, "dvc", "exp", "run", "-S", "lr=1000000.0")
-    assert ran(proc.stdout) == ["check", "train", "interpolate", "report"]
+    proc = sh(tiny_repo, "dvc", "exp", "run", "-S", "optimizer=sgd", "-S", "lr=1000000.0")
+    assert ran(proc.stdout) == ["check", "source", "train", "interpolate", "report"]
     metrics = json.loads((tiny_repo / "reports/metrics.json").read_text())
     assert metrics["status"] == "diverged" and metrics["barrier_test"] is None
     assert "**unstable**" in (tiny_repo / "reports/summary.md").read_text()
     assert json.loads((tiny_repo / "reports/train/metrics.json").read_text())["diverged"] == 1
     shown = json.dumps(json.loads(sh(tiny_repo, "dvc", "exp", "show", "--json").stdout))
     assert '"status": "diverged"' in shown and '"status": "ok"' in shown
+
+
+def test_changed_source_data_rebuilds_the_betons_and_unchanged_does_not(tmp_path):
+    import pickle
+
+    raw = tmp_path / "raw"
+    WRITERS["cifar10"](raw)
+    repo = copy_repo(tmp_path / "repo", {"dataset": "cifar10", "data_root": str(raw), "download": False})
+    assert ran(sh(repo, "dvc", "repro", "prepare").stdout) == ["source", "prepare"]
+    before = (repo / "data/train.beton").read_bytes()
+    assert ran(sh(repo, "dvc", "repro", "prepare").stdout) == ["source"]
+    batch = raw / "cifar-10-batches-py/data_batch_2"
+    content = pickle.loads(batch.read_bytes())
+    content["labels"][0] = (content["labels"][0] + 1) % 10
+    batch.write_bytes(pickle.dumps(content, protocol=2))
+    assert ran(sh(repo, "dvc", "repro", "prepare").stdout) == ["source", "prepare"]
+    assert (repo / "data/train.beton").read_bytes() != before
+    assert data.read_split(repo / "data/train.beton").labels[8] == content["labels"][0]  # batch 2 starts at 8
 
 
 def test_lock_is_bit_reproducible(tmp_path):
@@ -129,3 +152,49 @@ def test_committed_lock_reproduces_here(tmp_path):
     sh(repo, "dvc", "repro", "-f")
     diff = sh(repo, "git", "diff", "--stat", "dvc.lock", "reports/metrics.json", check=False).stdout
     assert diff == "", f"the committed results do not reproduce:\n{diff}"
+
+
+TINY_STUDIES = {
+    "scale": "cpu",
+    "scales": {"cpu": {"datasets": {"mnist": "mnist5k"}, "defaults": {"epochs": 1, "batch_size": 500, "width": 16}},
+               "paper": {"datasets": {"mnist": "mnist5k"}, "defaults": {"epochs": 2, "batch_size": 500, "width": 8}}},
+    "studies": {
+        "tiny": {"title": "tiny", "finding": "none", "base": {"model": "mlp", "dataset": "mnist"},
+                 "axes": {"lr": {"hi": {"lr": 0.1}, "med": {"lr": 0.01}}}, "figure": {"x": "lr", "y": "barrier"},
+                 "paper": {"hi": [0.05, 0.0]}},
+        "absent": {"title": "absent", "finding": "none", "base": {"dataset": "cifar10"},
+                   "axes": {"lr": {"hi": {"lr": 0.1}}}, "figure": {"x": "lr", "y": "barrier"}},
+    },
+}
+
+
+def test_study_cells_are_cached_one_by_one_and_absent_data_is_one_line(tmp_path):
+    config = copy.deepcopy(TINY_STUDIES)
+    repo = copy_repo(tmp_path, {"download": False})
+    studies_yaml = repo / "studies/studies.yaml"
+    studies_yaml.write_text(yaml.safe_dump(config, sort_keys=False))
+    sh(repo, sys.executable, "-m", "lmc.studies")
+    commit(repo, "tiny studies")
+    target = "studies/dvc.yaml:report-tiny"
+    stage = lambda name: f"studies/dvc.yaml:{name}"  # noqa: E731
+    assert set(ran(sh(repo, "dvc", "repro", target).stdout)) == {
+        stage(s) for s in ("source-mnist", "prepare-mnist", "tiny-hi", "tiny-med", "report-tiny")}
+    report = (repo / "reports/tiny.md").read_text()
+    assert "| hi |" in report and "0.05 / 0.00" in report and (repo / "reports/tiny.png").exists()
+    commit(repo, "results")
+    sh(repo, "dvc", "repro", "-f", stage("tiny-hi"), stage("tiny-med"))
+    sh(repo, "git", "diff", "--exit-code", "studies/out", "studies/dvc.lock")  # same params, same bytes
+
+    config["studies"]["tiny"]["axes"]["lr"]["med"]["lr"] = 0.02
+    studies_yaml.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert set(ran(sh(repo, "dvc", "repro", target).stdout)) == {
+        stage(s) for s in ("source-mnist", "tiny-med", "report-tiny")}
+    config["scale"] = "paper"
+    studies_yaml.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert set(ran(sh(repo, "dvc", "repro", target).stdout)) == {
+        stage(s) for s in ("source-mnist", "tiny-hi", "tiny-med", "report-tiny")}
+
+    proc = sh(repo, "dvc", "repro", "studies/dvc.yaml:report-absent", check=False)
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
+    assert proc.returncode != 0 and len(errors) == 1
+    assert errors[0].startswith("error: dataset cifar10: data/raw/cifar-10-batches-py/") and "not found" in errors[0]

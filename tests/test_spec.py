@@ -37,6 +37,10 @@ BAD = [  # (params, words the one-line message must contain)
     ({"grad_clip": -1.0}, ["grad_clip=-1.0", ">= 0.0"]),
     ({"weight_decay": "none"}, ["weight_decay='none'", "float"]),
     ({"alphas": 11.0}, ["alphas=11.0", "int"]),
+    ({"data_root": ""}, ["data_root is empty"]),
+    ({"data_root": 3}, ["data_root=3", "str"]),
+    ({"download": "no"}, ["download='no'", "bool"]),
+    ({"dataset": "cifar"}, ["dataset='cifar'", "cifar10"]),
 ]
 
 
@@ -75,7 +79,7 @@ def test_describe_lists_every_key():
     assert all(f"`{f.name}`" in table for f in dataclasses.fields(Spec))
 
 
-@pytest.mark.parametrize("stage", ["check", "prepare", "init", "train", "interpolate", "report"])
+@pytest.mark.parametrize("stage", ["check", "source", "prepare", "init", "train", "interpolate", "report"])
 def test_every_stage_stops_on_bad_params_before_writing(tmp_path, stage):
     (tmp_path / "params.yaml").write_text("optimizer: adamw2\n")
     proc = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=tmp_path, capture_output=True,

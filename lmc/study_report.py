@@ -1,0 +1,135 @@
+"""A study's report: its cells' results beside the paper's numbers (markdown, CSV) and a figure."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from . import studies
+from .report import THRESHOLD, save_figure
+
+SPLITS = ("test", "train")  # the paper's order: Test / Train
+
+
+def cell_frame(raw: dict, study: str) -> pd.DataFrame:
+    """One row per cell: its axis labels, its resolved spec, status, metrics and the paper's numbers."""
+    s = raw["studies"][study]
+    rows = []
+    for cell in studies.cells(raw, study):
+        result = json.loads(studies.cell_output(study, cell.id).read_text())
+        paper = s.get("paper", {}).get(cell.id)
+        row = {"cell": cell.id, **cell.labels, **{f"spec_{k}": v for k, v in result["spec"].items()},
+               "status": result["status"], **{k: v for k, v in result["metrics"].items() if k != "status"},
+               "paper_status": "unstable" if paper == "unstable" else ("ok" if paper else None),
+               "paper_acc_test": s.get("paper_accuracy", {}).get(cell.id)}
+        for i, split in enumerate(SPLITS):
+            row[f"paper_barrier_{split}"] = paper[i] / 100 if isinstance(paper, list) else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _pct(value) -> str:
+    return "–" if value is None or pd.isna(value) else f"{100 * value:.2f}"
+
+
+def _flag(row) -> str:
+    """'⚠' where ours and the paper's fall on different sides of the 2% line (either split), or where only
+    one of the two diverged; '' where they agree or the paper gives no number."""
+    paper = row["paper_status"]
+    if paper is None or pd.isna(paper):
+        return ""
+    if row["status"] != "ok" or paper == "unstable":
+        return "⚠" if (row["status"] != "ok") != (paper == "unstable") else ""
+    for split in SPLITS:
+        if (row[f"barrier_{split}"] >= THRESHOLD) != (row[f"paper_barrier_{split}"] >= THRESHOLD):
+            return "⚠"
+    return ""
+
+
+def markdown(raw: dict, study: str, frame: pd.DataFrame) -> str:
+    s = raw["studies"][study]
+    axes = list(s.get("axes", {}))
+    has_paper = frame["paper_status"].notna().any()
+    has_acc = frame["paper_acc_test"].notna().any()
+    lines = [f"# {s['title']}", "", f"Scale: **{raw['scale']}** (`studies/studies.yaml`). "
+             f"Paper's finding: {s['finding']}", "",
+             "Barriers in %, test / train (the paper's order). Normalized = barrier / mean test accuracy of A "
+             "and B (eq. 2). \"unstable\": a twin's loss turned non-finite (the paper's ∗)."]
+    if has_paper:
+        lines.append(f"⚠ marks a cell where ours and the paper's fall on different sides of the "
+                     f"{THRESHOLD:.0%} line (either split), or where only one of the two diverged.")
+    lines.append("")
+    head = axes + ["barrier test / train", "normalized test / train", "test acc A / B"]
+    if has_paper:
+        head += ["paper test / train", ""]
+    if has_acc:
+        head += ["paper test acc"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, row in frame.iterrows():
+        cells = [str(row[a]) for a in axes]
+        if row["status"] != "ok":
+            cells += ["unstable", "unstable", "–"]
+        else:
+            cells += [f"{_pct(row['barrier_test'])} / {_pct(row['barrier_train'])}",
+                      f"{_pct(row['normalized_barrier_test'])} / {_pct(row['normalized_barrier_train'])}",
+                      f"{_pct(row['acc_test_a'])} / {_pct(row['acc_test_b'])}"]
+        if has_paper:
+            if row["paper_status"] == "unstable":
+                cells.append("unstable")
+            elif row["paper_status"] is None or pd.isna(row["paper_status"]):
+                cells.append("–")
+            else:
+                cells.append(f"{_pct(row['paper_barrier_test'])} / {_pct(row['paper_barrier_train'])}")
+            cells.append(_flag(row))
+        if has_acc:
+            acc = row["paper_acc_test"]
+            cells.append("–" if acc is None or pd.isna(acc) else f"{acc:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    ok = frame[frame["status"] == "ok"]
+    connected = ((ok["barrier_test"] < THRESHOLD) & (ok["barrier_train"] < THRESHOLD)).sum()
+    lines += ["", f"{len(frame)} cells: {connected} linearly connected (both barriers < {THRESHOLD:.0%}), "
+              f"{len(ok) - connected} not, {len(frame) - len(ok)} unstable."]
+    if has_paper:
+        lines.append(f"{(frame.apply(_flag, axis=1) == '⚠').sum()} cells flagged ⚠.")
+    return "\n".join(lines) + "\n"
+
+
+def figure(raw: dict, study: str, frame: pd.DataFrame, path) -> None:
+    """Two panels (test, train) of the study's `figure: {x, hue, y}`; x and hue are axis names or spec keys."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig_spec = raw["studies"][study]["figure"]
+    col = lambda name: name if name in frame.columns else f"spec_{name}"  # noqa: E731
+    x, hue, y = col(fig_spec["x"]), (col(fig_spec["hue"]) if "hue" in fig_spec else None), fig_spec["y"]
+    long = []
+    for split in SPLITS:
+        part = frame.assign(split=split, value=100 * frame[f"{y}_{split}"].astype(float))
+        long.append(part)
+    long = pd.concat(long, ignore_index=True)
+    numeric_x = pd.api.types.is_numeric_dtype(long[x])
+    sns.set_theme(style="whitegrid")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, split in zip(axes, SPLITS):
+        part = long[long["split"] == split]
+        hue_kw = {"hue": part[hue].astype(str), "palette": "viridis"} if hue else {}
+        if numeric_x:
+            sns.lineplot(data=part, x=x, y="value", marker="o", ax=ax, **hue_kw)
+        else:
+            sns.barplot(data=part, x=x, y="value", ax=ax, **hue_kw)
+        ax.axhline(100 * THRESHOLD, color="red", lw=0.8, ls="--")
+        label = "normalized barrier" if y == "normalized_barrier" else "barrier"
+        ax.set(title=split, xlabel=fig_spec["x"], ylabel=f"{label} (%)")
+        if hue:
+            ax.legend(title=fig_spec["hue"], fontsize=8)
+    unstable = frame.loc[frame["status"] != "ok", "cell"].tolist()
+    title = raw["studies"][study]["title"] + f"  [{raw['scale']} scale]"
+    if unstable:
+        title += "\nunstable (not drawn): " + ", ".join(unstable)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)

@@ -1,0 +1,43 @@
+"""cell: one study cell, a whole twin experiment -> studies/out/<study>/<cell>.json.
+
+    python -m stages.cell <study> <cell-id>
+"""
+import dataclasses
+import json
+import math
+import sys
+import time
+
+from lmc import api, studies
+from lmc.io import write_text_atomic
+from lmc.stage import entry
+
+
+def _finite(value):
+    """JSON has no NaN or infinity: a diverged epoch's non-finite loss is written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
+
+
+@entry
+def main() -> None:
+    study, cell_id = sys.argv[1:3]
+    raw = studies.load()
+    cell = studies.find_cell(raw, study, cell_id)
+    spec = studies.resolve(raw, cell)
+    paths = studies.data_paths(studies.paper_dataset(raw, cell))
+    start = time.perf_counter()
+    result = api.run_experiment(spec, paths["train"], paths["test"])
+    print(f"cell {study}/{cell_id}: {result['status']} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    out = {"study": study, "cell": cell_id, "labels": cell.labels, "scale": raw["scale"],
+           "spec": dataclasses.asdict(spec), **result}
+    write_text_atomic(studies.cell_output(study, cell_id), json.dumps(_finite(out), indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

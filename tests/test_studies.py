@@ -1,0 +1,118 @@
+import dataclasses
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from lmc import studies, study_report
+from lmc.spec import SpecError
+
+ROOT = Path(__file__).resolve().parents[1]
+RAW = studies.load(ROOT / studies.STUDIES_FILE)
+
+
+def test_generated_dvc_yaml_is_up_to_date():
+    assert (ROOT / studies.DVC_FILE).read_text() == studies.generate(RAW), "run `python -m lmc.studies`"
+
+
+@pytest.mark.parametrize("scale", studies.SCALES)
+def test_every_cell_resolves_to_a_valid_spec_at_both_scales(scale):
+    ids = []
+    for study in studies.study_names(RAW):
+        for cell in studies.cells(RAW, study):
+            spec = studies.resolve(RAW, cell, scale)
+            ids.append(f"{study}-{cell.id}")
+            if studies.paper_dataset(RAW, cell) == "mnist":
+                assert spec.dataset == ("mnist5k" if scale == "cpu" else "mnist")
+    assert len(ids) == len(set(ids))
+
+
+def test_per_scale_values_and_layer_precedence():
+    cell = studies.find_cell(RAW, "table1", "L1-full-adam-hi")
+    cpu, paper = (studies.resolve(RAW, cell, s) for s in studies.SCALES)
+    assert (cpu.model, cpu.depth, cpu.optimizer, cpu.lr) == ("linear", 1, "adam", 0.005)
+    assert (cpu.batch_size, cpu.epochs, paper.batch_size, paper.epochs) == (4000, 100, 30000, 200)
+    plain = studies.resolve(RAW, studies.find_cell(RAW, "table1", "L4-sgd-med"), "cpu")
+    assert (plain.batch_size, plain.epochs, plain.width) == (128, 20, 512)  # the cpu scale's defaults
+    assert studies.resolve(RAW, studies.find_cell(RAW, "fig2", "vit-lo"), "paper").width == "auto"
+
+
+def test_paper_numbers_name_existing_cells():
+    for study in studies.study_names(RAW):
+        ids = {c.id for c in studies.cells(RAW, study)}
+        s = RAW["studies"][study]
+        assert set(s.get("paper", {})) <= ids and set(s.get("paper_accuracy", {})) <= ids
+
+
+def test_a_cell_depends_on_exactly_the_entries_that_define_it():
+    cell = studies.find_cell(RAW, "fig1", "L4-p0_3")
+    assert cell.param_keys == ["studies.fig1.base", "studies.fig1.axes.net.L4", "studies.fig1.axes.slope.p0_3"]
+    stage = yaml.safe_load(studies.generate(RAW))["stages"]["fig1-L4-p0_3"]
+    assert stage["params"] == [{"studies/studies.yaml": ["scale", "scales", *cell.param_keys]}]
+    assert "studies/data/mnist/train.beton" in stage["deps"] and "lmc/study_report.py" not in stage["deps"]
+
+
+def test_bad_study_definitions_are_one_line_errors():
+    bad = yaml.safe_load((ROOT / studies.STUDIES_FILE).read_text())
+    bad["studies"]["table2"]["axes"]["setup"]["sgd-hi"]["lr"] = -1
+    with pytest.raises(SpecError, match=r"cell table2/sgd-hi at scale cpu: params: lr=-1 is out of range"):
+        studies.resolve(bad, studies.find_cell(bad, "table2", "sgd-hi"))
+    with pytest.raises(SpecError, match="no study 'table9'"):
+        studies.cells(bad, "table9")
+
+
+def row(status="ok", test=0.0, train=0.0, paper=(0.0, 0.0), paper_status="ok"):
+    return pd.Series({"status": status, "barrier_test": test, "barrier_train": train,
+                      "paper_status": paper_status, "paper_barrier_test": paper[0],
+                      "paper_barrier_train": paper[1]})
+
+
+@pytest.mark.parametrize("r,flag", [
+    (row(test=0.023, train=0.0138, paper=(0.0286, 0.0292)), "⚠"),  # train on the other side
+    (row(test=0.025, train=0.03, paper=(0.0286, 0.0292)), ""),
+    (row(test=0.001, train=0.0, paper=(0.0005, 0.0)), ""),
+    (row(status="diverged", test=None, train=None, paper=(None, None), paper_status="unstable"), ""),
+    (row(status="diverged", test=None, train=None), "⚠"),
+    (row(paper=(None, None), paper_status="unstable"), "⚠"),
+    (row(paper=(None, None), paper_status=None), ""),
+])
+def test_threshold_flags(r, flag):
+    assert study_report._flag(r) == flag
+
+
+def fake_results(tmp_path, monkeypatch, raw, study, barrier=lambda cell: 0.01):
+    monkeypatch.setattr(studies, "OUT_DIR", tmp_path / "out")
+    for cell in studies.cells(raw, study):
+        spec = studies.resolve(raw, cell)
+        b = barrier(cell)
+        metrics = {k: b for k in ("barrier_test", "barrier_train", "normalized_barrier_test",
+                                  "normalized_barrier_train")}
+        metrics.update(acc_test_a=0.9, acc_test_b=0.9, status="ok" if b is not None else "diverged")
+        if b is None:
+            metrics = {k: None for k in metrics} | {"status": "diverged"}
+        path = studies.cell_output(study, cell.id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"spec": dataclasses.asdict(spec), "status": metrics["status"],
+                                    "metrics": metrics}))
+
+
+def test_report_puts_ours_beside_the_papers_and_marks_unstable(tmp_path, monkeypatch):
+    fake_results(tmp_path, monkeypatch, RAW, "table1",
+                 barrier=lambda c: None if c.id == "L8-adam-hi" else (0.03 if c.id == "L1-sgd-hi" else 0.001))
+    frame = study_report.cell_frame(RAW, "table1")
+    text = study_report.markdown(RAW, "table1", frame)
+    line = next(l for l in text.splitlines() if l.startswith("| L1 | sgd-hi |"))
+    assert "3.00 / 3.00" in line and "0.06 / 0.04" in line and line.endswith("| ⚠ |")
+    assert next(l for l in text.splitlines() if l.startswith("| L8 | adam-hi |")).count("unstable") == 2
+    assert "24 cells: 22 linearly connected" in text and "1 unstable" in text
+    for name in ("a.png", "b.png"):
+        study_report.figure(RAW, "table1", frame, tmp_path / name)
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+
+
+def test_table4_accuracies_appear_in_the_fig3_report(tmp_path, monkeypatch):
+    fake_results(tmp_path, monkeypatch, RAW, "fig3")
+    text = study_report.markdown(RAW, "fig3", study_report.cell_frame(RAW, "fig3"))
+    assert "paper test acc" in text and "| cifar100 | L4 | hi |" in text and "14.26" in text
