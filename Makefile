@@ -1,4 +1,5 @@
 # `make repro`: set up (idempotent) and run the pipeline. `make test`: set up and run the tests.
+# `make study STUDY=<name>`: set up and run one study of the paper (see README).
 SHELL := /bin/bash
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
@@ -8,7 +9,7 @@ APT_PACKAGES := pkg-config libopencv-dev libturbojpeg0-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUN := PATH="$(BIN):$$PATH"
 
-.PHONY: setup repro test system-packages
+.PHONY: setup repro test study system-packages
 setup: system-packages $(STAMP)
 
 system-packages:
@@ -27,3 +28,8 @@ repro: setup
 
 test: setup
 	$(RUN) python -m pytest
+
+# `make study STUDY=table1`: one of the paper's tables/figures (studies/studies.yaml), cell by cell.
+study: setup
+	@test -n "$(STUDY)" || { echo "usage: make study STUDY=<name> (see studies/studies.yaml)"; exit 2; }
+	$(RUN) dvc repro studies/dvc.yaml:report-$(STUDY)

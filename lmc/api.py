@@ -47,8 +47,8 @@ def path_curves(model_a: nn.Module, model_b: nn.Module, images: torch.Tensor, la
                 dataset: str, alphas: int = 11) -> dict:
     """Error and loss of Θ(α) at `alphas` equidistant points, all α in one batched pass."""
     grid = connectivity.alpha_grid(alphas)
-    stacked = connectivity.interpolate_states(model_a.state_dict(), model_b.state_dict(), grid)
-    error, loss = connectivity.evaluate_stack(model_a, stacked, images, labels, dataset)
+    error, loss = connectivity.evaluate_path(model_a, model_a.state_dict(), model_b.state_dict(), grid,
+                                             images, labels, dataset)
     return {"alpha": grid.tolist(), "error": error.tolist(), "loss": loss.tolist()}
 
 

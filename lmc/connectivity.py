@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from . import data
-from .models import stacked_forward
+from .models import stack_states, stacked_forward, stacked_rest
 
 
 def alpha_grid(points: int) -> np.ndarray:
@@ -60,6 +60,36 @@ def evaluate_stack(model: nn.Module, stacked: dict, images: torch.Tensor, labels
         x = data.normalize(images[start:start + batch_size], dataset)
         y = labels[start:start + batch_size].long()
         logits = stacked_forward(model, stacked, x, shared_input=True)
+        wrong += (logits.argmax(-1) != y).sum(1)
+        ce = nn.functional.cross_entropy(logits.flatten(0, 1), y.repeat(k), reduction="none")
+        loss += ce.view(k, -1).double().sum(1)
+    n = len(labels)
+    return (wrong.double() / n).numpy(), (loss / n).numpy()
+
+
+@torch.no_grad()
+def evaluate_path(model: nn.Module, state_a: dict, state_b: dict, alphas, images: torch.Tensor,
+                  labels: torch.Tensor, dataset: str, batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """Error and mean cross-entropy of Θ(α) for every α, on a whole split.
+
+    Where the model's first layer is linear in its own parameters (MLP, linear, CNN, LC-CNN), its output at
+    Θ(α) is (1-α)·out_A + α·out_B exactly (up to float rounding), so it is computed for A and B only and
+    mixed: the path costs about the two endpoints plus the rest of the network per α. Other models (the
+    ViT) evaluate every Θ(α) whole.
+    """
+    stacked = interpolate_states(state_a, state_b, alphas)
+    if not getattr(model, "first_layer_is_linear", False):
+        return evaluate_stack(model, stacked, images, labels, dataset, batch_size)
+    ends = stack_states([state_a, state_b])
+    k = len(alphas)
+    wrong = torch.zeros(k, dtype=torch.long)
+    loss = torch.zeros(k, dtype=torch.float64)
+    for start in range(0, len(labels), batch_size):
+        x = data.normalize(images[start:start + batch_size], dataset)
+        y = labels[start:start + batch_size].long()
+        first_a, first_b = stacked_forward(model, ends, x, shared_input=True, first_only=True)
+        w = torch.as_tensor(np.asarray(alphas), dtype=first_a.dtype).view(-1, *([1] * first_a.dim()))
+        logits = stacked_rest(model, stacked, (1 - w) * first_a + w * first_b)
         wrong += (logits.argmax(-1) != y).sum(1)
         ce = nn.functional.cross_entropy(logits.flatten(0, 1), y.repeat(k), reduction="none")
         loss += ce.view(k, -1).double().sum(1)

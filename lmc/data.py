@@ -75,8 +75,41 @@ def _check_file(path: Path) -> None:
         raise DataError(f"data: {path} is missing; run `dvc repro prepare` to build it")
 
 
-def twin_loader(path: str | Path, batch_size: int, order_seed: int, workers: int = 1):
-    """An FFCV loader whose epoch e visits the samples in `seeds.epoch_order(order_seed, e, n)`."""
+class MemoryTwinLoader:
+    """A split held in memory as tensors, batched in `seeds.epoch_order(order_seed, epoch, n)` order.
+
+    The k-th iteration is epoch k; each batch is (uint8 images (B, H, W, C), int labels, int sample
+    index), exactly the batches FFCV's loader gives in that order (`ffcv_twin_loader`, tested), without
+    its per-batch decode and thread hand-off, which cost up to a third of a training step here (see
+    reports/benchmarks.md).
+    """
+
+    def __init__(self, split: Split, batch_size: int, order_seed: int):
+        self.images = torch.from_numpy(split.images)
+        self.labels = torch.from_numpy(split.labels)
+        self.batch_size, self.order_seed, self.epoch = batch_size, order_seed, 0
+
+    def __len__(self) -> int:
+        return -(-len(self.labels) // self.batch_size)
+
+    def __iter__(self):
+        order = torch.from_numpy(seeds.epoch_order(self.order_seed, self.epoch, len(self.labels)))
+        self.epoch += 1
+        for start in range(0, len(order), self.batch_size):
+            index = order[start:start + self.batch_size]
+            yield self.images[index], self.labels[index], index
+
+
+def twin_loader(path: str | Path, batch_size: int, order_seed: int) -> MemoryTwinLoader:
+    """The .beton's records (decoded once by FFCV), batched in the twin's seeded order every epoch."""
+    return MemoryTwinLoader(read_split(path), batch_size, order_seed)
+
+
+def ffcv_twin_loader(path: str | Path, batch_size: int, order_seed: int, workers: int = 1):
+    """An FFCV loader streaming the .beton, whose epoch e visits `seeds.epoch_order(order_seed, e, n)`.
+
+    Gives the same batches as `twin_loader`; for splits too large to hold in memory.
+    """
     from ffcv.loader import Loader, OrderOption
     from ffcv.traversal_order.base import TraversalOrder
 

@@ -6,17 +6,29 @@ import os
 from pathlib import Path
 
 
+class OutputError(RuntimeError):
+    """An output that cannot be written (full disk, missing permission, a file where a folder should be)."""
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary path next to `path`; it becomes `path` only if the block finishes."""
+    """Yield a temporary path next to `path`; it becomes `path` only if the block finishes.
+
+    Any OSError on the way (ENOSPC, EACCES, ...) becomes an OutputError naming `path`; the temporary file
+    is removed, and `path` keeps whatever it held before.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, path)
+    except OSError as err:
+        raise OutputError(f"cannot write {path} ({err.strerror or err}); free disk space or fix the "
+                          f"folder's permissions, then rerun") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def write_bytes_atomic(path: str | Path, payload: bytes) -> None:

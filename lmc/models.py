@@ -30,6 +30,10 @@ CHECKPOINT_FORMAT = 1
 class MLP(nn.Module):
     """`depth` linear layers with Leaky-ReLU(negative_slope) between them; depth=1 is logistic regression."""
 
+    # The first layer's output is linear in that layer's own parameters, so along the α-path it is the
+    # same mix of its outputs at A and B: evaluation computes it twice instead of once per α.
+    first_layer_is_linear = True
+
     def __init__(self, in_shape: list[int], classes: int, depth: int, width: int, negative_slope: float):
         super().__init__()
         h, w, c = in_shape
@@ -37,12 +41,16 @@ class MLP(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
         self.negative_slope = negative_slope
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.flatten(1)
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = nn.functional.leaky_relu(x, self.negative_slope)
+    def forward(self, x: torch.Tensor | None, first: torch.Tensor | None = None,
+                first_only: bool = False) -> torch.Tensor:
+        """The logits; with `first_only` the first layer's output; given `first`, the rest of the network."""
+        if first is None:
+            first = self.layers[0](x.flatten(1))
+            if first_only:
+                return first
+        x = first
+        for layer in self.layers[1:]:
+            x = layer(nn.functional.leaky_relu(x, self.negative_slope))
         return x
 
 
@@ -59,6 +67,8 @@ class LinearNet(MLP):
 class CNN(nn.Module):
     """One conv layer (`channels` filters of k×k, stride k, no padding), Leaky-ReLU, a linear classifier."""
 
+    first_layer_is_linear = True  # see MLP
+
     def __init__(self, in_shape: list[int], classes: int, channels: int, negative_slope: float, kernel: int = KERNEL):
         super().__init__()
         h, w, c = in_shape
@@ -66,8 +76,14 @@ class CNN(nn.Module):
         self.head = nn.Linear(channels * (h // kernel) * (w // kernel), classes)
         self.negative_slope = negative_slope
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(nn.functional.leaky_relu(self.hidden(x), self.negative_slope).flatten(1))
+    def forward(self, x: torch.Tensor | None, first: torch.Tensor | None = None,
+                first_only: bool = False) -> torch.Tensor:
+        """The logits; with `first_only` the hidden layer's output; given `first`, the rest of the network."""
+        if first is None:
+            first = self.hidden(x)
+            if first_only:
+                return first
+        return self.head(nn.functional.leaky_relu(first, self.negative_slope).flatten(1))
 
 
 class LocallyConnected2d(nn.Module):
@@ -225,8 +241,16 @@ def unstack_state(stacked: dict[str, torch.Tensor], i: int) -> dict[str, torch.T
 
 
 def stacked_forward(model: nn.Module, stacked: dict[str, torch.Tensor], x: torch.Tensor,
-                    shared_input: bool = False) -> torch.Tensor:
-    """Outputs of every model in the stack: x is (K, B, ...) per model, or (B, ...) if shared_input."""
+                    shared_input: bool = False, **kwargs) -> torch.Tensor:
+    """Outputs of every model in the stack: x is (K, B, ...) per model, or (B, ...) if shared_input.
+    kwargs go to the model's forward (for `first_only`)."""
     def one(state, inputs):
-        return functional_call(model, state, (inputs,))
+        return functional_call(model, state, (inputs,), kwargs)
     return vmap(one, in_dims=(0, None if shared_input else 0))(stacked, x)
+
+
+def stacked_rest(model: nn.Module, stacked: dict[str, torch.Tensor], first: torch.Tensor) -> torch.Tensor:
+    """Every model of the stack from its own first-layer output on: first is (K, B, ...)."""
+    def one(state, h):
+        return functional_call(model, state, (None,), {"first": h})
+    return vmap(one)(stacked, first)

@@ -5,10 +5,11 @@ import functools
 import sys
 
 from .data import DataError
+from .io import OutputError
 from .models import CheckpointError
 from .spec import SpecError
 
-USER_ERRORS = (SpecError, DataError, CheckpointError)
+USER_ERRORS = (SpecError, DataError, CheckpointError, OutputError)
 
 
 def entry(main):

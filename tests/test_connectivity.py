@@ -69,3 +69,26 @@ def test_identical_models_have_zero_barrier(betons):
     err, loss = connectivity.evaluate_stack(a, connectivity.interpolate_states(a.state_dict(), a.state_dict(), [0, .5, 1]),
                                             torch.from_numpy(split.images), torch.from_numpy(split.labels), "mnist5k")
     assert connectivity.barrier(err) == 0.0 and connectivity.barrier(loss) == 0.0
+
+
+@pytest.mark.parametrize("spec", [Spec(width=32), Spec(model="linear", depth=1), Spec(depth=3, width=16, negative_slope=0.1),
+                                  Spec(model="cnn", channels=8), Spec(model="lc_cnn", channels=8),
+                                  Spec(model="vit", width=32)], ids=lambda s: f"{s.model}-L{s.depth}")
+def test_path_evaluation_equals_evaluating_every_interpolated_model(spec):
+    """The first-layer shortcut (mix the endpoints' first-layer outputs) gives what whole models give."""
+    import dataclasses
+
+    from .conftest import small_split
+
+    a, b = (models.init_model(dataclasses.replace(spec, init_seed=s)) for s in (0, 1))
+    split = small_split(n=300)
+    images, labels = torch.from_numpy(split.images), torch.from_numpy(split.labels)
+    grid = connectivity.alpha_grid(11)
+    error, loss = connectivity.evaluate_path(a, a.state_dict(), b.state_dict(), grid, images, labels, "mnist5k",
+                                             batch_size=128)
+    for i, alpha in enumerate(grid):
+        whole = connectivity.interpolate(a, b, float(alpha))
+        with torch.no_grad():
+            logits = whole(data.normalize(images, "mnist5k"))
+        assert error[i] == pytest.approx((logits.argmax(1) != labels).double().mean().item(), abs=1 / 300 + 1e-9)
+        assert loss[i] == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-5)

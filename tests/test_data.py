@@ -40,9 +40,21 @@ def epoch_indices(loader):
 
 
 def test_twin_loader_follows_the_seeded_order_every_epoch(betons):
-    loader = data.twin_loader(betons["train"], 512, order_seed=43, workers=2)
-    for epoch in range(3):
-        assert np.array_equal(epoch_indices(loader), seeds.epoch_order(43, epoch, 4000))
+    for loader in (data.twin_loader(betons["train"], 512, order_seed=43),
+                   data.ffcv_twin_loader(betons["train"], 512, order_seed=43, workers=2)):
+        for epoch in range(3):
+            assert np.array_equal(epoch_indices(loader), seeds.epoch_order(43, epoch, 4000))
+
+
+def test_memory_loader_gives_exactly_the_ffcv_loaders_batches(betons):
+    memory = data.twin_loader(betons["train"], 300, order_seed=7)
+    streamed = data.ffcv_twin_loader(betons["train"], 300, order_seed=7)
+    assert len(memory) == len(streamed) == 14
+    for _ in range(2):
+        for ours, theirs in zip(memory, streamed, strict=True):
+            for a, b in zip(ours, theirs):
+                assert a.shape == b.shape and torch.equal(a.long(), b.long())
+            assert ours[0].dtype == theirs[0].dtype == torch.uint8
 
 
 def test_twins_see_different_orders_every_epoch_and_reruns_match(betons):

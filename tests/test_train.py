@@ -1,5 +1,8 @@
 import dataclasses
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -112,3 +115,12 @@ def test_warmup_is_linear_per_step():
     assert lr_at(spec, 9, 10) == pytest.approx(0.05)
     assert lr_at(spec, 19, 10) == lr_at(spec, 100, 10) == pytest.approx(0.1)
     assert lr_at(Spec(lr=0.1), 0, 10) == 0.1
+
+
+def test_cpu_kernels_are_pinned_before_torch_loads():
+    """Importing lmc first pins torch's CPU dispatch and MKL's numerics to AVX2, whatever the machine offers."""
+    code = ("import lmc, os, torch; "
+            "print(torch.backends.cpu.get_cpu_capability(), os.environ['MKL_CBWR'])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR")})
+    assert proc.stdout.split() == ["AVX2", "AVX2"], proc.stderr

@@ -1,0 +1,52 @@
+"""Interruptions: training killed (SIGKILL) or stopped (SIGINT) mid-run; the rerun gives the same bytes."""
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from lmc import models
+
+from .test_pipeline import BIN, copy_repo, sh
+
+pytestmark = pytest.mark.e2e
+PARAMS = {"epochs": 40, "width": 128}  # long enough to be stopped in the middle of training
+COMPARED = ["dvc.lock", "reports/metrics.json", "reports/interpolation.csv", "data/twins/a.pt", "data/twins/b.pt",
+            "data/train.beton", "data/init.pt"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    repo = copy_repo(tmp_path_factory.mktemp("reference"), PARAMS)
+    sh(repo, "dvc", "repro")
+    return repo
+
+
+def epochs_logged(repo) -> int:
+    tsv = repo / "reports/train/plots/metrics/loss_a.tsv"
+    return max(0, len(tsv.read_text().splitlines()) - 1) if tsv.exists() else 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_interrupted_training_leaves_nothing_half_written_and_reruns_to_the_same_bytes(tmp_path, reference, sig):
+    repo = copy_repo(tmp_path, PARAMS)
+    shutil.rmtree(repo / "reports/train")  # the copy's old curves must not look like this run's progress
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    proc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while epochs_logged(repo) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be interrupted"
+    os.killpg(proc.pid, sig)  # the whole process group, as a terminal's Ctrl-C or a killed job would
+    proc.wait(timeout=120)
+    assert proc.returncode != 0 and epochs_logged(repo) < PARAMS["epochs"]
+    for twin in ("a", "b"):  # under its final name a checkpoint is whole, or absent
+        path = repo / f"data/twins/{twin}.pt"
+        assert not path.exists() or models.load_checkpoint(path)
+
+    sh(repo, "dvc", "repro")
+    for name in COMPARED:
+        assert (repo / name).read_bytes() == (reference / name).read_bytes(), name

@@ -1,0 +1,41 @@
+import errno
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lmc.io import OutputError, atomic_path, write_text_atomic
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_failed_block_leaves_the_old_file_and_no_partial(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(KeyError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise KeyError("crash")
+    assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+
+
+def test_full_disk_is_an_output_error_naming_the_file(tmp_path, monkeypatch):
+    def full(self, data):
+        self.open("wb").write(data[:10])  # part of it lands, as on a real full disk
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(OutputError, match=r"cannot write .*metrics.json \(No space left on device\); free disk"):
+        write_text_atomic(tmp_path / "metrics.json", "{}" * 100)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_output_stops_a_stage_with_one_line(tmp_path):
+    (tmp_path / "params.yaml").write_text("dataset: mnist5k\n")
+    (tmp_path / "data").write_text("a file where the data folder should be")
+    proc = subprocess.run([sys.executable, "-m", "stages.source"], cwd=tmp_path, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: cannot write data/source.json (File exists); free disk space or fix the folder's "
+        "permissions, then rerun"]
