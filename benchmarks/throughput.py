@@ -31,20 +31,22 @@ from lmc.spec import Spec
 from lmc.train import make_optimizer, train_twins
 
 EPOCHS = 3  # the first is warm-up; the mean of the others is reported
+THREADS = os.cpu_count()  # what train_twins uses
 OUT = Path("reports/benchmarks.md")
 
 
 def machine() -> str:
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                 if l.startswith("model name")), platform.processor())
-    import ffcv
+    from importlib.metadata import version
 
     return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads, "
-            f"CPU capability {torch.backends.cpu.get_cpu_capability()}), ffcv {ffcv.__version__}, "
+            f"CPU capability {torch.backends.cpu.get_cpu_capability()}), ffcv {version('ffcv')}, "
             f"numpy {np.__version__}, Python {platform.python_version()}")
 
 
 def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
+    torch.set_num_threads(THREADS)
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)
     best = min(_timed(lambda: torch.mm(a, b)) for _ in range(reps))
@@ -104,6 +106,7 @@ def pipeline_epoch(spec: Spec, pairs: int = 1, timed: bool = False, make_loader=
 
 def naive_epoch(spec: Spec, images: torch.Tensor, labels: torch.Tensor) -> float:
     """A, then B: ordinary modules, torch DataLoader (shuffled, seeded), one optimizer each."""
+    torch.set_num_threads(THREADS)  # as many as the pipeline uses (FFCV may have changed the count)
     init = models.init_model(spec)
     total = 0.0
     for seed in (spec.order_seed_a, spec.order_seed_b):
@@ -163,7 +166,8 @@ def profile_epoch(spec: Spec) -> str:
 
 def main() -> None:
     base = Spec(epochs=EPOCHS)
-    train = load_split("train")
+    train = load_split("train")  # (imports FFCV, which sets torch's thread count: matmul_gflops resets it)
+    torch.set_num_threads(THREADS)
     lines = ["# Benchmarks: batched twins against the naive way", "",
              f"Command: `python benchmarks/throughput.py` (after `dvc repro prepare`), one run. "
              f"Machine: {machine()}.", ""]

@@ -17,6 +17,7 @@ from torch import nn
 
 from . import connectivity, data, models, paths, report
 from .connectivity import interpolate  # noqa: F401  (part of the API)
+from .device import select as select_device
 from .spec import Spec, load_params
 from .train import train_twins
 
@@ -44,11 +45,11 @@ def load_split(split: str = "test", root: str | Path = ".") -> tuple[torch.Tenso
 
 
 def path_curves(model_a: nn.Module, model_b: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                dataset: str, alphas: int = 11) -> dict:
+                dataset: str, alphas: int = 11, device: torch.device | None = None) -> dict:
     """Error and loss of Θ(α) at `alphas` equidistant points, all α in one batched pass."""
     grid = connectivity.alpha_grid(alphas)
     error, loss = connectivity.evaluate_path(model_a, model_a.state_dict(), model_b.state_dict(), grid,
-                                             images, labels, dataset)
+                                             images, labels, dataset, device=device)
     return {"alpha": grid.tolist(), "error": error.tolist(), "loss": loss.tolist()}
 
 
@@ -64,9 +65,10 @@ def run_experiment(spec: Spec, train_path: str | Path, test_path: str | Path, pr
     """Θ0, twins A and B, and the interpolation on both splits, in one process (what the studies' cells
     run; the default pipeline runs the same steps as separate stages). Returns status, metrics, curves and
     the per-epoch history; the bytes of its JSON are a pure function of the spec and the data."""
-    init = models.init_model(spec)
+    device = select_device(spec)
+    init = models.init_model(spec)  # on the CPU, so Θ0 is the same whatever the device
     loaders = [data.twin_loader(train_path, spec.batch_size, s) for s in (spec.order_seed_a, spec.order_seed_b)]
-    result = train_twins(spec, init, loaders, [spec.aug_seed_a, spec.aug_seed_b], progress=progress)
+    result = train_twins(spec, init, loaders, [spec.aug_seed_a, spec.aug_seed_b], progress=progress, device=device)
     curves = {"alpha": connectivity.alpha_grid(spec.alphas).tolist(), "status": result.status}
     if result.status == "ok":
         twins = []
@@ -77,7 +79,7 @@ def run_experiment(spec: Spec, train_path: str | Path, test_path: str | Path, pr
         for split, path in (("train", train_path), ("test", test_path)):
             s = data.read_split(path)
             c = path_curves(*twins, torch.from_numpy(s.images), torch.from_numpy(s.labels), spec.dataset,
-                            spec.alphas)
+                            spec.alphas, device)
             curves[f"{split}_error"], curves[f"{split}_loss"] = c["error"], c["loss"]
     history = [{"epoch": h.epoch, "loss": h.loss, "acc": h.acc, "diverged": h.diverged} for h in result.history]
     return {"status": result.status, "diverged_epoch": result.diverged_epoch,

@@ -51,25 +51,29 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, alpha: float) -> nn.Modu
 
 @torch.no_grad()
 def evaluate_stack(model: nn.Module, stacked: dict, images: torch.Tensor, labels: torch.Tensor,
-                   dataset: str, batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+                   dataset: str, batch_size: int = 1000, device: torch.device | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """Error (1 - accuracy) and mean cross-entropy of every model in the stack on a whole split."""
+    device = device or torch.device("cpu")
+    stacked = {n: t.to(device) for n, t in stacked.items()}
     k = next(iter(stacked.values())).shape[0]
     wrong = torch.zeros(k, dtype=torch.long)
     loss = torch.zeros(k, dtype=torch.float64)
     for start in range(0, len(labels), batch_size):
-        x = data.normalize(images[start:start + batch_size], dataset)
-        y = labels[start:start + batch_size].long()
+        x = data.normalize(images[start:start + batch_size].to(device), dataset)
+        y = labels[start:start + batch_size].to(device).long()
         logits = stacked_forward(model, stacked, x, shared_input=True)
-        wrong += (logits.argmax(-1) != y).sum(1)
+        wrong += (logits.argmax(-1) != y).sum(1).cpu()
         ce = nn.functional.cross_entropy(logits.flatten(0, 1), y.repeat(k), reduction="none")
-        loss += ce.view(k, -1).double().sum(1)
+        loss += ce.view(k, -1).double().sum(1).cpu()
     n = len(labels)
     return (wrong.double() / n).numpy(), (loss / n).numpy()
 
 
 @torch.no_grad()
 def evaluate_path(model: nn.Module, state_a: dict, state_b: dict, alphas, images: torch.Tensor,
-                  labels: torch.Tensor, dataset: str, batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+                  labels: torch.Tensor, dataset: str, batch_size: int = 1000,
+                  device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Error and mean cross-entropy of Θ(α) for every α, on a whole split.
 
     Where the model's first layer is linear in its own parameters (MLP, linear, CNN, LC-CNN), its output at
@@ -77,22 +81,24 @@ def evaluate_path(model: nn.Module, state_a: dict, state_b: dict, alphas, images
     mixed: the path costs about the two endpoints plus the rest of the network per α. Other models (the
     ViT) evaluate every Θ(α) whole.
     """
+    device = device or torch.device("cpu")
     stacked = interpolate_states(state_a, state_b, alphas)
     if not getattr(model, "first_layer_is_linear", False):
-        return evaluate_stack(model, stacked, images, labels, dataset, batch_size)
-    ends = stack_states([state_a, state_b])
+        return evaluate_stack(model, stacked, images, labels, dataset, batch_size, device)
+    stacked = {n: t.to(device) for n, t in stacked.items()}
+    ends = {n: t.to(device) for n, t in stack_states([state_a, state_b]).items()}
     k = len(alphas)
     wrong = torch.zeros(k, dtype=torch.long)
     loss = torch.zeros(k, dtype=torch.float64)
     for start in range(0, len(labels), batch_size):
-        x = data.normalize(images[start:start + batch_size], dataset)
-        y = labels[start:start + batch_size].long()
+        x = data.normalize(images[start:start + batch_size].to(device), dataset)
+        y = labels[start:start + batch_size].to(device).long()
         first_a, first_b = stacked_forward(model, ends, x, shared_input=True, first_only=True)
-        w = torch.as_tensor(np.asarray(alphas), dtype=first_a.dtype).view(-1, *([1] * first_a.dim()))
+        w = torch.as_tensor(np.asarray(alphas), dtype=first_a.dtype, device=device).view(-1, *([1] * first_a.dim()))
         logits = stacked_rest(model, stacked, (1 - w) * first_a + w * first_b)
-        wrong += (logits.argmax(-1) != y).sum(1)
+        wrong += (logits.argmax(-1) != y).sum(1).cpu()
         ce = nn.functional.cross_entropy(logits.flatten(0, 1), y.repeat(k), reduction="none")
-        loss += ce.view(k, -1).double().sum(1)
+        loss += ce.view(k, -1).double().sum(1).cpu()
     n = len(labels)
     return (wrong.double() / n).numpy(), (loss / n).numpy()
 

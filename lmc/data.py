@@ -135,6 +135,7 @@ def read_split(path: str | Path) -> Split:
 
     path = Path(path)
     _check_file(path)
+    threads = torch.get_num_threads()  # FFCV sets torch's thread count to its worker count: restored below
     try:
         loader = Loader(str(path), batch_size=1000, num_workers=1, order=OrderOption.SEQUENTIAL,
                         os_cache=True, drop_last=False, pipelines=_pipelines())
@@ -145,6 +146,8 @@ def read_split(path: str | Path) -> Split:
     except Exception as err:  # FFCV raises assorted errors on damaged files
         raise DataError(f"data: {path} is unreadable ({type(err).__name__}); "
                         f"rerun `dvc repro -f prepare` to rebuild it") from None
+    finally:
+        torch.set_num_threads(threads)
     return Split(np.concatenate(images), np.concatenate(labels))
 
 
@@ -152,7 +155,7 @@ def normalize(images: torch.Tensor, dataset: str) -> torch.Tensor:
     """uint8 (N, H, W, C) -> float32 (N, C, H, W), standardized per channel."""
     mean, std = NORMALIZATION[dataset]
     x = images.permute(0, 3, 1, 2).float().div_(255)
-    mean_t = torch.tensor(mean).view(1, -1, 1, 1)
-    std_t = torch.tensor(std).view(1, -1, 1, 1)
+    mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
     return (x - mean_t) / std_t
 

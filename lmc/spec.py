@@ -28,6 +28,7 @@ DATASETS = {
 MODELS = ("mlp", "linear", "cnn", "lc_cnn", "vit")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine")
+DEVICES = ("cpu", "cuda")
 KERNEL = 4  # hidden-layer kernel (and stride) of cnn and lc_cnn; the vit's patch size
 
 
@@ -66,6 +67,8 @@ class Spec:
     order_seed_b: int = _field(118, "data-order seed of twin B", min=0)
     aug_seed_a: int = _field(43, "augmentation seed of twin A", min=0)
     aug_seed_b: int = _field(118, "augmentation seed of twin B", min=0)
+    device: str = _field("cpu", "where training and interpolation run: cpu, or cuda (deterministic algorithms)",
+                         choices=DEVICES)
     alphas: int = _field(11, "number of equidistant interpolation points on [0, 1], endpoints included", min=2)
 
     @property

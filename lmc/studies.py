@@ -168,7 +168,8 @@ def generate(raw: dict) -> str:
             stages[f"{study}-{cell.id}"] = {
                 "cmd": f"python -m stages.cell {study} {cell.id}", "wdir": "..",
                 "deps": [str(p["train"]), str(p["test"])] + CODE + [
-                    "lmc/data.py", "lmc/augment.py", "lmc/models.py", "lmc/train.py", "lmc/connectivity.py",
+                    "lmc/data.py", "lmc/augment.py", "lmc/models.py", "lmc/train.py", "lmc/device.py",
+                    "lmc/connectivity.py",
                     "lmc/report.py", "lmc/api.py", "lmc/studies.py", "stages/cell.py"],
                 "params": [{studies_yaml: ["scale", "scales"] + cell.param_keys}],
                 "outs": [{out: {"cache": False}}]}

@@ -63,16 +63,18 @@ def clip_per_model(params: list[torch.Tensor], max_norm: float) -> None:
 
 def train_twins(spec: Spec, model: nn.Module, loaders: list, aug_seeds: list[int] | None = None, progress=None,
                 on_epoch: Callable[[EpochStats], None] | None = None,
-                threads: int | None = None) -> TrainResult:
-    """Train len(loaders) copies of `model` (each from its weights) in lockstep.
+                threads: int | None = None, device: torch.device | None = None) -> TrainResult:
+    """Train len(loaders) copies of `model` (each from its weights) in lockstep, on `device` (default CPU).
 
-    Twin k reads loaders[k]; with spec.augment its batches are augmented with aug_seeds[k].
+    Twin k reads loaders[k]; with spec.augment its batches are augmented with aug_seeds[k] (on the CPU,
+    before the batch moves to the device). The returned state stays on the device.
     """
+    device = device or torch.device("cpu")
     if spec.augment and (aug_seeds is None or len(aug_seeds) != len(loaders)):
         raise ValueError("augment is on: pass one augmentation seed per loader")
     threads = threads or os.cpu_count() or 1
     k = len(loaders)
-    state = {n: t.detach().clone().requires_grad_() for n, t in
+    state = {n: t.detach().to(device).clone().requires_grad_() for n, t in
              stack_states([model.state_dict()] * k).items()}
     opt = make_optimizer(spec, list(state.values()))
     steps_per_epoch = len(loaders[0])
@@ -89,14 +91,14 @@ def train_twins(spec: Spec, model: nn.Module, loaders: list, aug_seeds: list[int
             if spec.augment:
                 batches = [(augment(images, index, epoch, seed), labels, index)
                            for (images, labels, index), seed in zip(batches, aug_seeds, strict=True)]
-            x = torch.stack([data.normalize(images, spec.dataset) for images, _, _ in batches])
-            y = torch.stack([labels.long() for _, labels, _ in batches])
+            x = torch.stack([data.normalize(images.to(device), spec.dataset) for images, _, _ in batches])
+            y = torch.stack([labels.to(device).long() for _, labels, _ in batches])
             logits = stacked_forward(model, state, x)
             losses = nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
             losses = losses.view(k, -1).mean(1)
             if not torch.isfinite(losses).all():
                 result.status, result.diverged_epoch = "diverged", epoch
-                stats = EpochStats(epoch, losses.tolist(), [math.nan] * k, diverged=True)
+                stats = EpochStats(epoch, losses.detach().cpu().tolist(), [math.nan] * k, diverged=True)
                 result.history.append(stats)
                 if on_epoch is not None:
                     on_epoch(stats)
@@ -110,8 +112,8 @@ def train_twins(spec: Spec, model: nn.Module, loaders: list, aug_seeds: list[int
             opt.step()
             step += 1
             batch = y.shape[1]
-            loss_sum += losses.detach().double() * batch
-            correct += (logits.detach().argmax(-1) == y).sum(1)
+            loss_sum += losses.detach().double().cpu() * batch
+            correct += (logits.detach().argmax(-1) == y).sum(1).cpu()
             seen += batch
             if progress is not None:
                 progress.update(1)

@@ -5,7 +5,7 @@ import sys
 from dvclive import Live
 from tqdm import tqdm
 
-from lmc import data, models, paths
+from lmc import data, device, models, paths
 from lmc.spec import load_params
 from lmc.stage import entry
 from lmc.train import train_twins
@@ -14,6 +14,7 @@ from lmc.train import train_twins
 @entry
 def main() -> None:
     spec = load_params()
+    dev = device.select(spec)  # a missing GPU stops here, before any work
     init = models.load_checkpoint(paths.INIT, stage="init")
     train_path = paths.BETONS["train"]
     order_seeds = {"a": spec.order_seed_a, "b": spec.order_seed_b}
@@ -28,7 +29,8 @@ def main() -> None:
             live.log_metric("diverged", int(stats.diverged))
             live.next_step()
             bar.set_postfix_str(f"epoch {stats.epoch + 1} loss {stats.loss[0]:.3f}|{stats.loss[1]:.3f}")
-        result = train_twins(spec, init.model, loaders, [spec.aug_seed_a, spec.aug_seed_b], progress=bar, on_epoch=log)
+        result = train_twins(spec, init.model, loaders, [spec.aug_seed_a, spec.aug_seed_b], progress=bar, on_epoch=log,
+                             device=dev)
     if result.status != "ok":
         print(f"train: a twin diverged in epoch {result.diverged_epoch + 1}; "
               f"the report will show this run as unstable", file=sys.stderr)
