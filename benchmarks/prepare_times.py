@@ -3,12 +3,15 @@ the test fixtures written in each dataset's real format.
 
     python benchmarks/prepare_times.py   # output kept in benchmarks/prepare_times.txt
 """
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from lmc import data, datasets
-from tests.fixtures import WRITERS
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fixtures
+
+from lmc import data, datasets  # noqa: E402
+from tests.fixtures import WRITERS  # noqa: E402
 
 
 def prepare(name: str, root: Path, out: Path) -> str:

@@ -67,7 +67,8 @@ def run_experiment(spec: Spec, train_path: str | Path, test_path: str | Path, pr
     the per-epoch history; the bytes of its JSON are a pure function of the spec and the data."""
     device = select_device(spec)
     init = models.init_model(spec)  # on the CPU, so Θ0 is the same whatever the device
-    loaders = [data.twin_loader(train_path, spec.batch_size, s) for s in (spec.order_seed_a, spec.order_seed_b)]
+    train = data.read_split(train_path)  # one copy in memory, shared by both twins and the evaluation
+    loaders = [data.MemoryTwinLoader(train, spec.batch_size, s) for s in (spec.order_seed_a, spec.order_seed_b)]
     result = train_twins(spec, init, loaders, [spec.aug_seed_a, spec.aug_seed_b], progress=progress, device=device)
     curves = {"alpha": connectivity.alpha_grid(spec.alphas).tolist(), "status": result.status}
     if result.status == "ok":
@@ -76,8 +77,7 @@ def run_experiment(spec: Spec, train_path: str | Path, test_path: str | Path, pr
             twin = models.build(models.arch_from_spec(spec))
             twin.load_state_dict({k: v.detach() for k, v in models.unstack_state(result.state, i).items()})
             twins.append(twin)
-        for split, path in (("train", train_path), ("test", test_path)):
-            s = data.read_split(path)
+        for split, s in (("train", train), ("test", data.read_split(test_path))):
             c = path_curves(*twins, torch.from_numpy(s.images), torch.from_numpy(s.labels), spec.dataset,
                             spec.alphas, device)
             curves[f"{split}_error"], curves[f"{split}_loss"] = c["error"], c["loss"]

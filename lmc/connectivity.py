@@ -83,9 +83,11 @@ def evaluate_path(model: nn.Module, state_a: dict, state_b: dict, alphas, images
     """
     device = device or torch.device("cpu")
     stacked = interpolate_states(state_a, state_b, alphas)
-    if not getattr(model, "first_layer_is_linear", False):
+    first = getattr(model, "first_layer", None)
+    if first is None:
         return evaluate_stack(model, stacked, images, labels, dataset, batch_size, device)
-    stacked = {n: t.to(device) for n, t in stacked.items()}
+    # The rest of the network needs no first-layer weights per α (missing entries fall back to the module's).
+    stacked = {n: t.to(device) for n, t in stacked.items() if not n.startswith(first + ".")}
     ends = {n: t.to(device) for n, t in stack_states([state_a, state_b]).items()}
     k = len(alphas)
     wrong = torch.zeros(k, dtype=torch.long)

@@ -16,7 +16,8 @@ def select(spec: Spec) -> torch.device:
     if spec.device == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise SpecError("params: device='cuda' but torch sees no CUDA device on this machine; use device: cpu")
+        raise SpecError("params: device='cuda' but torch sees no CUDA device on this machine; use device: cpu "
+                        "(in params.yaml, or in the scale's defaults in studies/studies.yaml)")
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False
     torch.backends.cuda.matmul.allow_tf32 = False

@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
+
+ADVICE = {errno.ENOSPC: "free disk space", errno.EDQUOT: "free disk space (quota)",
+          errno.EACCES: "fix the folder's permissions", errno.EPERM: "fix the folder's permissions",
+          errno.EROFS: "write to a writable file system"}
 
 
 class OutputError(RuntimeError):
@@ -24,8 +29,8 @@ def atomic_path(path: str | Path):
         yield tmp
         os.replace(tmp, path)
     except OSError as err:
-        raise OutputError(f"cannot write {path} ({err.strerror or err}); free disk space or fix the "
-                          f"folder's permissions, then rerun") from None
+        advice = ADVICE.get(err.errno, "check that the path can be written")
+        raise OutputError(f"cannot write {path} ({err.strerror or err}); {advice}, then rerun") from None
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)

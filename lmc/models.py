@@ -32,7 +32,7 @@ class MLP(nn.Module):
 
     # The first layer's output is linear in that layer's own parameters, so along the α-path it is the
     # same mix of its outputs at A and B: evaluation computes it twice instead of once per α.
-    first_layer_is_linear = True
+    first_layer = "layers.0"
 
     def __init__(self, in_shape: list[int], classes: int, depth: int, width: int, negative_slope: float):
         super().__init__()
@@ -67,7 +67,7 @@ class LinearNet(MLP):
 class CNN(nn.Module):
     """One conv layer (`channels` filters of k×k, stride k, no padding), Leaky-ReLU, a linear classifier."""
 
-    first_layer_is_linear = True  # see MLP
+    first_layer = "hidden"  # see MLP
 
     def __init__(self, in_shape: list[int], classes: int, channels: int, negative_slope: float, kernel: int = KERNEL):
         super().__init__()

@@ -2,12 +2,12 @@
 
 A study's cells are the product of its axes. A cell's spec is Spec's defaults, then the scale's defaults,
 then the study's `base`, then one value of each axis, then an explicit `cells.<id>` entry if there is one;
-any value may be given per scale as {cpu: ..., paper: ...}. `python -m lmc.studies` writes
-studies/dvc.yaml: per dataset a `source-*` and a `prepare-*` stage, per cell one stage whose params are
-exactly the entries that define it (so editing one cell reruns only it), per study one `report-*` stage.
+any value but `dataset` may be given per scale as {cpu: ..., paper: ...} (the scale's `datasets` mapping
+says what each scale trains on). lmc/studies_dvc.py turns the file into studies/dvc.yaml.
 """
 from __future__ import annotations
 
+import argparse
 import itertools
 import re
 from dataclasses import dataclass
@@ -36,12 +36,35 @@ class Cell:
     param_keys: list[str]  # the studies.yaml entries that define this cell
 
 
+FIGURE_Y = ("barrier", "normalized_barrier")
+
+
 def load(path: Path = STUDIES_FILE) -> dict:
+    """The studies file, its structure checked (each cell's values are checked by `resolve`)."""
     if not path.exists():
         raise SpecError(f"studies: {path} not found; run from the repository root")
     raw = yaml.safe_load(path.read_text())
-    if raw.get("scale") not in SCALES:
-        raise SpecError(f"studies: scale={raw.get('scale')!r} in {path} is not allowed; choose one of cpu, paper")
+    if not isinstance(raw, dict) or raw.get("scale") not in SCALES:
+        raise SpecError(f"studies: scale={raw.get('scale') if isinstance(raw, dict) else None!r} in {path} "
+                        f"is not allowed; choose one of {', '.join(SCALES)}")
+    missing_scales = [s for s in SCALES if s not in raw.get("scales", {})]
+    if missing_scales:
+        raise SpecError(f"studies: {path} defines no scale(s) {', '.join(missing_scales)} under `scales:`")
+    for name, study in raw.get("studies", {}).items():
+        if not SLUG.match(name):
+            raise SpecError(f"studies: study name '{name}' may hold only letters, digits, _ and -")
+        for key in ("title", "finding", "axes", "figure"):
+            if key not in study:
+                raise SpecError(f"studies: study {name} has no `{key}:`; see the other studies in {path}")
+        fig = study["figure"]
+        if fig.get("y") not in FIGURE_Y or "x" not in fig:
+            raise SpecError(f"studies: study {name}'s figure needs x: <axis or key> and y: one of "
+                            f"{', '.join(FIGURE_Y)}")
+        ids = [c.id for c in cells(raw, name)]
+        if len(ids) != len(set(ids)):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise SpecError(f"studies: study {name} has two cells named '{dup}' (value names joined by '-'); "
+                            f"rename an axis value")
     return raw
 
 
@@ -58,7 +81,8 @@ def cells(raw: dict, study: str) -> list[Cell]:
     for combo in itertools.product(*(list(values.items()) for values in axes.values())):
         labels = {axis: name for axis, (name, _) in zip(axes, combo)}
         cell_id = "-".join(labels.values())
-        keys = [f"studies.{study}.base"] + [f"studies.{study}.axes.{a}.{n}" for a, n in labels.items()]
+        keys = ([f"studies.{study}.base"] if "base" in s else []) + [
+            f"studies.{study}.axes.{a}.{n}" for a, n in labels.items()]
         layers = [s.get("base", {})] + [value for _, value in combo]
         if cell_id in s.get("cells", {}):
             keys.append(f"studies.{study}.cells.{cell_id}")
@@ -90,7 +114,11 @@ def paper_dataset(raw: dict, cell: Cell) -> str:
     merged = {}
     for layer in cell.layers:
         merged.update(layer)
-    return merged.get("dataset", Spec().dataset)
+    dataset = merged.get("dataset", Spec().dataset)
+    if not isinstance(dataset, str):
+        raise SpecError(f"studies: cell {cell.study}/{cell.id} gives dataset per scale; name the paper's dataset "
+                        f"and map it in `scales.<scale>.datasets` instead")
+    return dataset
 
 
 def resolve(raw: dict, cell: Cell, scale: str | None = None) -> Spec:
@@ -129,8 +157,6 @@ def scaled_dataset(raw: dict, dataset: str) -> str:
 def stage_target(spec: Spec, argv: list[str] | None = None) -> tuple[str, dict[str, Path]]:
     """For the source and prepare stages: (dataset, output paths) of the default pipeline, or with
     `--study-dataset NAME` those of the studies' copy of NAME at the studies' scale."""
-    import argparse
-
     from . import paths
 
     parser = argparse.ArgumentParser()
@@ -139,63 +165,3 @@ def stage_target(spec: Spec, argv: list[str] | None = None) -> tuple[str, dict[s
     if args.study_dataset is None:
         return spec.dataset, {"source": paths.SOURCE, **paths.BETONS}
     return scaled_dataset(load(), args.study_dataset), data_paths(args.study_dataset)
-
-
-# ---- studies/dvc.yaml ---------------------------------------------------------------------------
-
-def generate(raw: dict) -> str:
-    """The text of studies/dvc.yaml (stages run from the repository root: wdir ..)."""
-    studies_yaml = "studies/studies.yaml"
-    stages = {}
-    for ds in datasets_used(raw):
-        p = data_paths(ds)
-        stages[f"source-{ds}"] = {
-            "cmd": f"python -m stages.source --study-dataset {ds}", "wdir": "..", "always_changed": True,
-            "deps": CODE + ["lmc/data.py", "lmc/datasets.py", "lmc/studies.py", "stages/source.py"],
-            "params": ["data_root", "download", {studies_yaml: ["scale", "scales"]}],
-            "outs": [{str(p["source"]): {"cache": False}}]}
-        stages[f"prepare-{ds}"] = {
-            "cmd": f"python -m stages.prepare --study-dataset {ds}", "wdir": "..",
-            "deps": [str(p["source"])] + CODE + ["lmc/data.py", "lmc/datasets.py", "lmc/studies.py",
-                                                  "stages/prepare.py"],
-            "outs": [str(p["train"]), str(p["test"])]}
-    for study in study_names(raw):
-        outs = []
-        for cell in cells(raw, study):
-            p = data_paths(paper_dataset(raw, cell))
-            out = str(cell_output(study, cell.id))
-            outs.append(out)
-            stages[f"{study}-{cell.id}"] = {
-                "cmd": f"python -m stages.cell {study} {cell.id}", "wdir": "..",
-                "deps": [str(p["train"]), str(p["test"])] + CODE + [
-                    "lmc/data.py", "lmc/augment.py", "lmc/models.py", "lmc/train.py", "lmc/device.py",
-                    "lmc/connectivity.py",
-                    "lmc/report.py", "lmc/api.py", "lmc/studies.py", "stages/cell.py"],
-                "params": [{studies_yaml: ["scale", "scales"] + cell.param_keys}],
-                "outs": [{out: {"cache": False}}]}
-        stages[f"report-{study}"] = {
-            "cmd": f"python -m stages.study_report {study}", "wdir": "..",
-            "deps": outs + CODE + ["lmc/report.py", "lmc/studies.py", "lmc/study_report.py",
-                                   "stages/study_report.py"],
-            "params": [{studies_yaml: [f"studies.{study}"]}],
-            "outs": [{str(REPORTS_DIR / f"{study}{ext}"): {"cache": False}} for ext in (".md", ".csv", ".png")]}
-    header = ("# GENERATED by `python -m lmc.studies` from studies/studies.yaml: edit that file, not this one.\n"
-              "# Run one study: dvc repro studies/dvc.yaml:report-<study>   (e.g. report-table1)\n")
-    return header + yaml.safe_dump({"stages": stages}, sort_keys=False, width=120)
-
-
-def main() -> None:
-    raw = load()
-    for study in study_names(raw):  # every cell must resolve at both scales before anything is written
-        for cell in cells(raw, study):
-            for scale in SCALES:
-                resolve(raw, cell, scale)
-    from .io import write_text_atomic
-
-    write_text_atomic(DVC_FILE, generate(raw))
-    print(f"wrote {DVC_FILE}: {sum(len(cells(raw, s)) for s in study_names(raw))} cells in "
-          f"{len(study_names(raw))} studies")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """The one training loop: K models from the same Θ0, trained in lockstep as one stacked model.
 
-Twin k reads its own FFCV loader (its own order seed). The loss is the sum of the twins' mean
+Twin k reads its own loader (its own order seed). The loss is the sum of the twins' mean
 cross-entropies, so each twin's gradient is exactly its own; SGD and Adam act element-wise, so
 one optimizer over the stacked tensors equals K independent optimizers.
 """
@@ -117,10 +117,13 @@ def train_twins(spec: Spec, model: nn.Module, loaders: list, aug_seeds: list[int
             seen += batch
             if progress is not None:
                 progress.update(1)
-        stats = EpochStats(epoch, (loss_sum / seen).tolist(), (correct.double() / seen).tolist())
+        # The losses were finite, but the epoch's last step may still have blown the weights up.
+        blown = not all(torch.isfinite(t).all() for t in state.values())
+        stats = EpochStats(epoch, (loss_sum / seen).tolist(), (correct.double() / seen).tolist(), diverged=blown)
         result.history.append(stats)
         if on_epoch is not None:
             on_epoch(stats)
-    if not all(torch.isfinite(t).all() for t in state.values()):  # the very last step blew up
-        result.status, result.diverged_epoch = "diverged", spec.epochs - 1
+        if blown:
+            result.status, result.diverged_epoch = "diverged", epoch
+            return result
     return result

@@ -8,8 +8,9 @@ import math
 import sys
 import time
 
-from lmc import api, studies
+from lmc import api, studies, studies_dvc
 from lmc.io import write_text_atomic
+from lmc.spec import SpecError
 from lmc.stage import entry
 
 
@@ -28,6 +29,9 @@ def _finite(value):
 def main() -> None:
     study, cell_id = sys.argv[1:3]
     raw = studies.load()
+    if studies.DVC_FILE.read_text() != studies_dvc.generate(raw):
+        raise SpecError(f"studies: {studies.DVC_FILE} is stale for {studies.STUDIES_FILE}; "
+                        f"run `python -m lmc.studies_dvc`, then repro again")
     cell = studies.find_cell(raw, study, cell_id)
     spec = studies.resolve(raw, cell)
     paths = studies.data_paths(studies.paper_dataset(raw, cell))

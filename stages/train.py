@@ -18,7 +18,8 @@ def main() -> None:
     init = models.load_checkpoint(paths.INIT, stage="init")
     train_path = paths.BETONS["train"]
     order_seeds = {"a": spec.order_seed_a, "b": spec.order_seed_b}
-    loaders = [data.twin_loader(train_path, spec.batch_size, seed) for seed in order_seeds.values()]
+    train = data.read_split(train_path)  # one copy in memory for both twins
+    loaders = [data.MemoryTwinLoader(train, spec.batch_size, seed) for seed in order_seeds.values()]
     with Live(str(paths.TRAIN_LIVE), dvcyaml=False, save_dvc_exp=False, report=None) as live, \
             tqdm(total=spec.epochs * len(loaders[0]), desc="train A|B", unit="step", disable=None) as bar:
         def log(stats):

@@ -25,7 +25,7 @@ def test_full_disk_is_an_output_error_naming_the_file(tmp_path, monkeypatch):
         self.open("wb").write(data[:10])  # part of it lands, as on a real full disk
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(Path, "write_bytes", full)
-    with pytest.raises(OutputError, match=r"cannot write .*metrics.json \(No space left on device\); free disk"):
+    with pytest.raises(OutputError, match=r"cannot write .*metrics.json \(No space left on device\); free disk space, then rerun"):
         write_text_atomic(tmp_path / "metrics.json", "{}" * 100)
     assert list(tmp_path.iterdir()) == []
 
@@ -37,5 +37,4 @@ def test_unwritable_output_stops_a_stage_with_one_line(tmp_path):
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "error: cannot write data/source.json (File exists); free disk space or fix the folder's "
-        "permissions, then rerun"]
+        "error: cannot write data/source.json (File exists); check that the path can be written, then rerun"]

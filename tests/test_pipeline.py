@@ -173,7 +173,7 @@ def test_study_cells_are_cached_one_by_one_and_absent_data_is_one_line(tmp_path)
     repo = copy_repo(tmp_path, {"download": False})
     studies_yaml = repo / "studies/studies.yaml"
     studies_yaml.write_text(yaml.safe_dump(config, sort_keys=False))
-    sh(repo, sys.executable, "-m", "lmc.studies")
+    sh(repo, sys.executable, "-m", "lmc.studies_dvc")
     commit(repo, "tiny studies")
     target = "studies/dvc.yaml:report-tiny"
     stage = lambda name: f"studies/dvc.yaml:{name}"  # noqa: E731

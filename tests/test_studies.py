@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from lmc import studies, study_report
+from lmc import studies, studies_dvc, study_report
 from lmc.spec import SpecError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -14,7 +14,7 @@ RAW = studies.load(ROOT / studies.STUDIES_FILE)
 
 
 def test_generated_dvc_yaml_is_up_to_date():
-    assert (ROOT / studies.DVC_FILE).read_text() == studies.generate(RAW), "run `python -m lmc.studies`"
+    assert (ROOT / studies.DVC_FILE).read_text() == studies_dvc.generate(RAW), "run `python -m lmc.studies_dvc`"
 
 
 @pytest.mark.parametrize("scale", studies.SCALES)
@@ -49,7 +49,7 @@ def test_paper_numbers_name_existing_cells():
 def test_a_cell_depends_on_exactly_the_entries_that_define_it():
     cell = studies.find_cell(RAW, "fig1", "L4-p0_3")
     assert cell.param_keys == ["studies.fig1.base", "studies.fig1.axes.net.L4", "studies.fig1.axes.slope.p0_3"]
-    stage = yaml.safe_load(studies.generate(RAW))["stages"]["fig1-L4-p0_3"]
+    stage = yaml.safe_load(studies_dvc.generate(RAW))["stages"]["fig1-L4-p0_3"]
     assert stage["params"] == [{"studies/studies.yaml": ["scale", "scales", *cell.param_keys]}]
     assert "studies/data/mnist/train.beton" in stage["deps"] and "lmc/study_report.py" not in stage["deps"]
 
@@ -61,6 +61,28 @@ def test_bad_study_definitions_are_one_line_errors():
         studies.resolve(bad, studies.find_cell(bad, "table2", "sgd-hi"))
     with pytest.raises(SpecError, match="no study 'table9'"):
         studies.cells(bad, "table9")
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda r: r["studies"]["table1"]["axes"]["net"].update({"L1-full-sgd": {}}) or
+     r["studies"]["table1"]["axes"]["opt"].update({"hi": {}}), "two cells named 'L1-full-sgd-hi'"),
+    (lambda r: r["studies"]["fig1"].pop("figure"), "study fig1 has no `figure:`"),
+    (lambda r: r["studies"]["fig1"]["figure"].update(y="accuracy"), "figure needs x"),
+    (lambda r: r.update(scale="gpu"), "scale='gpu'"),
+], ids=["duplicate ids", "no figure", "bad y", "bad scale"])
+def test_bad_study_files_are_refused_on_load(tmp_path, change, message):
+    raw = yaml.safe_load((ROOT / studies.STUDIES_FILE).read_text())
+    change(raw)
+    (tmp_path / "studies.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(SpecError, match=message):
+        studies.load(tmp_path / "studies.yaml")
+
+
+def test_dataset_per_scale_is_refused_with_the_way_to_do_it():
+    raw = yaml.safe_load((ROOT / studies.STUDIES_FILE).read_text())
+    raw["studies"]["table2"]["base"]["dataset"] = {"cpu": "mnist", "paper": "cifar10"}
+    with pytest.raises(SpecError, match=r"gives dataset per scale; .* `scales.<scale>.datasets`"):
+        studies.paper_dataset(raw, studies.cells(raw, "table2")[0])
 
 
 def row(status="ok", test=0.0, train=0.0, paper=(0.0, 0.0), paper_status="ok"):
