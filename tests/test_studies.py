@@ -30,10 +30,10 @@ def test_every_cell_resolves_to_a_valid_spec_at_both_scales(scale):
 
 
 def test_per_scale_values_and_layer_precedence():
-    cell = studies.find_cell(RAW, "table1", "L1-full-adam-hi")
+    cell = studies.find_cell(RAW, "table1", "L1-bs30k-adam-hi")
     cpu, paper = (studies.resolve(RAW, cell, s) for s in studies.SCALES)
     assert (cpu.model, cpu.depth, cpu.optimizer, cpu.lr) == ("linear", 1, "adam", 0.005)
-    assert (cpu.batch_size, cpu.epochs, paper.batch_size, paper.epochs) == (4000, 100, 30000, 200)
+    assert (cpu.batch_size, cpu.epochs, paper.batch_size, paper.epochs) == (2000, 100, 30000, 200)
     plain = studies.resolve(RAW, studies.find_cell(RAW, "table1", "L4-sgd-med"), "cpu")
     assert (plain.batch_size, plain.epochs, plain.width) == (128, 20, 512)  # the cpu scale's defaults
     assert studies.resolve(RAW, studies.find_cell(RAW, "fig2", "vit-lo"), "paper").width == "auto"
@@ -64,8 +64,8 @@ def test_bad_study_definitions_are_one_line_errors():
 
 
 @pytest.mark.parametrize("change,message", [
-    (lambda r: r["studies"]["table1"]["axes"]["net"].update({"L1-full-sgd": {}}) or
-     r["studies"]["table1"]["axes"]["opt"].update({"hi": {}}), "two cells named 'L1-full-sgd-hi'"),
+    (lambda r: r["studies"]["table1"]["axes"]["net"].update({"L1-bs30k-sgd": {}}) or
+     r["studies"]["table1"]["axes"]["opt"].update({"hi": {}}), "two cells named 'L1-bs30k-sgd-hi'"),
     (lambda r: r["studies"]["fig1"].pop("figure"), "study fig1 has no `figure:`"),
     (lambda r: r["studies"]["fig1"]["figure"].update(y="accuracy"), "figure needs x"),
     (lambda r: r.update(scale="gpu"), "scale='gpu'"),
