@@ -1,3 +1,7 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -27,3 +31,14 @@ def tiny_spec():
 def small_split(n=64, shape=(28, 28, 1), seed=0):
     rng = np.random.default_rng(seed)
     return data.Split(rng.integers(0, 256, (n, *shape), dtype=np.uint8), rng.integers(0, 10, n).astype(np.int64))
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_stage(cwd: Path, stage: str) -> subprocess.CompletedProcess:
+    """`python -m stages.<stage>` in `cwd`, as DVC runs it, with a bare environment (HOME outside cwd, so
+    that nothing but the stage's own outputs can appear there)."""
+    home = cwd.parent / f"{cwd.name}-home"
+    return subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=cwd, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(home)})

@@ -1,7 +1,5 @@
 import json
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +8,9 @@ import yaml
 
 from lmc import data, datasets
 
+from .conftest import run_stage
 from .fixtures import WRITERS
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def assert_same(a: data.Split, b: data.Split) -> None:
@@ -38,11 +36,6 @@ def test_tinyimagenet_labels_follow_sorted_wnids_and_grayscale_becomes_rgb(tmp_p
     assert got_train.images.shape[1:] == (64, 64, 3) and got_train.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
     gray = got_train.images[1]
     assert np.array_equal(gray[..., 0], gray[..., 1]) and np.array_equal(gray[..., 0], gray[..., 2])
-
-
-def run_stage(cwd: Path, stage: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=cwd, capture_output=True, text=True,
-                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(cwd)})
 
 
 def workdir(tmp_path: Path, **params) -> Path:

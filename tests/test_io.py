@@ -1,13 +1,12 @@
 import errno
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from lmc.io import OutputError, atomic_path, write_text_atomic
 
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import run_stage
+
 
 
 def test_a_failed_block_leaves_the_old_file_and_no_partial(tmp_path):
@@ -33,8 +32,7 @@ def test_full_disk_is_an_output_error_naming_the_file(tmp_path, monkeypatch):
 def test_unwritable_output_stops_a_stage_with_one_line(tmp_path):
     (tmp_path / "params.yaml").write_text("dataset: mnist5k\n")
     (tmp_path / "data").write_text("a file where the data folder should be")
-    proc = subprocess.run([sys.executable, "-m", "stages.source"], cwd=tmp_path, capture_output=True, text=True,
-                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    proc = run_stage(tmp_path, "source")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "error: cannot write data/source.json (File exists); check that the path can be written, then rerun"]

@@ -1,12 +1,12 @@
 import dataclasses
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from lmc.spec import Spec, SpecError, describe, load_params, spec_from_dict
+
+from .conftest import run_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,8 +82,7 @@ def test_describe_lists_every_key():
 @pytest.mark.parametrize("stage", ["check", "source", "prepare", "init", "train", "interpolate", "report"])
 def test_every_stage_stops_on_bad_params_before_writing(tmp_path, stage):
     (tmp_path / "params.yaml").write_text("optimizer: adamw2\n")
-    proc = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=tmp_path, capture_output=True,
-                          text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    proc = run_stage(tmp_path, stage)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "error: params: optimizer='adamw2' is not allowed; choose one of sgd, adam"]
