@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import connectivity, data, models, paths, report
+from . import align, connectivity, data, models, paths, report, seeds
 from .connectivity import interpolate  # noqa: F401  (part of the API)
 from .device import select as select_device
 from .spec import Spec, load_params
-from .train import train_twins
+from .train import Snapshot, train_pairs, twin_state
 
 
 @dataclass(frozen=True)
@@ -31,10 +31,11 @@ class Run:
     dataset: str
 
 
-def load_run(root: str | Path = ".") -> Run:
+def load_run(root: str | Path = ".", pair: int = 0) -> Run:
+    """Θ0, A and B of twin pair `pair` of the last `dvc repro`."""
     root = Path(root)
-    init = models.load_checkpoint(root / paths.INIT, stage="init")
-    a, b = (models.load_checkpoint(root / p, stage="train") for p in paths.TWINS.values())
+    init = models.load_checkpoint(root / paths.init(pair), stage="init")
+    a, b = (models.load_checkpoint(root / paths.twin(pair, side), stage="train") for side in "ab")
     return Run(init.model, a.model, b.model, a.meta["status"], load_params(root / "params.yaml").dataset)
 
 
@@ -44,13 +45,26 @@ def load_split(split: str = "test", root: str | Path = ".") -> tuple[torch.Tenso
     return torch.from_numpy(s.images), torch.from_numpy(s.labels)
 
 
-def path_curves(model_a: nn.Module, model_b: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                dataset: str, alphas: int = 11, device: torch.device | None = None) -> dict:
-    """Error and loss of Θ(α) at `alphas` equidistant points, all α in one batched pass."""
+def split_curves(model: nn.Module, state_a: dict, state_b: dict, images: torch.Tensor, labels: torch.Tensor,
+                 dataset: str, alphas: int = 11, refine: int = 0, device: torch.device | None = None) -> dict:
+    """Error and loss of Θ(α) at `alphas` equidistant points (all α in one batched pass), and with refine > 0
+    at 2·refine more points around the error curve's highest interior point ("refined", see refine_grid)."""
     grid = connectivity.alpha_grid(alphas)
-    error, loss = connectivity.evaluate_path(model_a, model_a.state_dict(), model_b.state_dict(), grid,
-                                             images, labels, dataset, device=device)
-    return {"alpha": grid.tolist(), "error": error.tolist(), "loss": loss.tolist()}
+    error, loss = connectivity.evaluate_path(model, state_a, state_b, grid, images, labels, dataset, device=device)
+    out = {"alpha": grid.tolist(), "error": error.tolist(), "loss": loss.tolist()}
+    fine = connectivity.refine_grid(grid, error, refine)
+    if len(fine):
+        f_error, f_loss = connectivity.evaluate_path(model, state_a, state_b, fine, images, labels, dataset,
+                                                     device=device)
+        out["refined"] = {"alpha": fine.tolist(), "error": f_error.tolist(), "loss": f_loss.tolist()}
+    return out
+
+
+def path_curves(model_a: nn.Module, model_b: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                dataset: str, alphas: int = 11, device: torch.device | None = None, refine: int = 0) -> dict:
+    """`split_curves` between two modules."""
+    return split_curves(model_a, model_a.state_dict(), model_b.state_dict(), images, labels, dataset, alphas,
+                        refine, device)
 
 
 def barriers(model_a: nn.Module, model_b: nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -61,26 +75,50 @@ def barriers(model_a: nn.Module, model_b: nn.Module, images: torch.Tensor, label
             "acc_a": 1 - c["error"][0], "acc_b": 1 - c["error"][-1], **c}
 
 
-def run_experiment(spec: Spec, train_path: str | Path, test_path: str | Path, progress=None) -> dict:
-    """Θ0, twins A and B, and the interpolation on both splits, in one process (what the studies' cells
-    run; the default pipeline runs the same steps as separate stages). Returns status, metrics, curves and
-    the per-epoch history; the bytes of its JSON are a pure function of the spec and the data."""
+def pair_curves(spec: Spec, model: nn.Module, state_a: dict, state_b: dict, splits: dict,
+                device: torch.device | None = None) -> dict:
+    """The curves between two models on every split ({name: (images, labels)}); with spec.align, B is first
+    permuted onto A."""
+    if spec.align == "weight_matching":
+        state_b = align.align(state_a, state_b, seeds.derive_seed(spec.init_seed, "align"))
+    out = {}
+    for split, (images, labels) in splits.items():
+        c = split_curves(model, state_a, state_b, images, labels, spec.dataset, spec.alphas, spec.refine_alphas,
+                         device)
+        out[f"{split}_error"], out[f"{split}_loss"] = c["error"], c["loss"]
+        if "refined" in c:
+            out[f"{split}_refined"] = c["refined"]
+    return out
+
+
+def experiment_curves(spec: Spec, model: nn.Module, twins: list[tuple[dict, dict]], splits: dict,
+                      device: torch.device | None = None) -> dict:
+    """What data/interpolation.json holds: the curves of every twin pair, and with two pairs or more the
+    curves between A of pair 0 and A of pair 1 ("cross_init": two different Θ0, where alignment matters)."""
+    curves = {"alpha": connectivity.alpha_grid(spec.alphas).tolist(), "status": "ok",
+              "pairs": [pair_curves(spec, model, a, b, splits, device) for a, b in twins]}
+    if len(twins) >= 2:
+        curves["cross_init"] = pair_curves(spec, model, twins[0][0], twins[1][0], splits, device)
+    return curves
+
+
+def run_experiment(spec: Spec, train_path: str | Path, test_path: str | Path, progress=None,
+                   trunk: Snapshot | None = None) -> dict:
+    """Θ0, the twin pairs and the interpolation on both splits, in one process (what the studies' cells run;
+    the default pipeline runs the same steps as separate stages). With spawn_step, `trunk` is the trunk's
+    snapshot at that step (trained here if None). Returns status, metrics, curves and the per-epoch history;
+    the bytes of its JSON are a pure function of the spec, the data (and the trunk)."""
     device = select_device(spec)
-    init = models.init_model(spec)  # on the CPU, so Θ0 is the same whatever the device
-    train = data.read_split(train_path)  # one copy in memory, shared by both twins and the evaluation
-    loaders = [data.MemoryTwinLoader(train, spec.batch_size, s) for s in (spec.order_seed_a, spec.order_seed_b)]
-    result = train_twins(spec, init, loaders, [spec.aug_seed_a, spec.aug_seed_b], progress=progress, device=device)
+    inits = [models.init_model(spec, i).state_dict() for i in range(spec.pairs)]  # on the CPU: Θ0 is device-free
+    model = models.build(models.arch_from_spec(spec))
+    train = data.read_split(train_path)  # one copy in memory, shared by every twin and the evaluation
+    result = train_pairs(spec, model, inits, train, trunk=trunk, progress=progress, device=device)
     curves = {"alpha": connectivity.alpha_grid(spec.alphas).tolist(), "status": result.status}
     if result.status == "ok":
-        twins = []
-        for i in range(2):
-            twin = models.build(models.arch_from_spec(spec))
-            twin.load_state_dict({k: v.detach() for k, v in models.unstack_state(result.state, i).items()})
-            twins.append(twin)
-        for split, s in (("train", train), ("test", data.read_split(test_path))):
-            c = path_curves(*twins, torch.from_numpy(s.images), torch.from_numpy(s.labels), spec.dataset,
-                            spec.alphas, device)
-            curves[f"{split}_error"], curves[f"{split}_loss"] = c["error"], c["loss"]
+        twins = [(twin_state(result, i, "a"), twin_state(result, i, "b")) for i in range(spec.pairs)]
+        splits = {split: (torch.from_numpy(s.images), torch.from_numpy(s.labels))
+                  for split, s in (("train", train), ("test", data.read_split(test_path)))}
+        curves = experiment_curves(spec, model, twins, splits, device)
     history = [{"epoch": h.epoch, "loss": h.loss, "acc": h.acc, "diverged": h.diverged} for h in result.history]
     return {"status": result.status, "diverged_epoch": result.diverged_epoch,
             "metrics": report.metrics_from_curves(curves), "curves": curves, "history": history}

@@ -21,6 +21,18 @@ def alpha_grid(points: int) -> np.ndarray:
     return np.linspace(0.0, 1.0, points)
 
 
+def refine_grid(alphas, values, points: int) -> np.ndarray:
+    """`points` α evenly inside each of the two grid intervals next to the highest interior value α[i], i.e.
+    inside (α[i-1], α[i]) and (α[i], α[i+1]): 2·points new α, none on the grid. Empty when `points` is 0 or
+    the grid has no interior point."""
+    alphas, values = np.asarray(alphas, dtype=np.float64), np.asarray(values, dtype=np.float64)
+    if points == 0 or len(alphas) < 3:
+        return np.empty(0)
+    i = 1 + int(np.argmax(values[1:-1]))
+    inside = [np.linspace(lo, hi, points + 2)[1:-1] for lo, hi in ((alphas[i - 1], alphas[i]), (alphas[i], alphas[i + 1]))]
+    return np.concatenate(inside)
+
+
 def interpolate_states(state_a: dict, state_b: dict, alphas) -> dict[str, torch.Tensor]:
     """The stacked states Θ(α) for every α (leading axis = α)."""
     if state_a.keys() != state_b.keys():
@@ -105,10 +117,12 @@ def evaluate_path(model: nn.Module, state_a: dict, state_b: dict, alphas, images
     return (wrong.double() / n).numpy(), (loss / n).numpy()
 
 
-def barrier(values) -> float:
-    """max over the path minus the endpoints' mean (Frankle et al. 2020, eq. 1); for errors or losses."""
+def barrier(values, extra=()) -> float:
+    """max over the path minus the endpoints' mean (Frankle et al. 2020, eq. 1); for errors or losses.
+    `values` run from α=0 to α=1; `extra` are values at more points inside the path (a refined grid)."""
     v = np.asarray(values, dtype=np.float64)
-    return float(v.max() - (v[0] + v[-1]) / 2)
+    peak = np.concatenate([v, np.asarray(extra, dtype=np.float64).ravel()]).max()
+    return float(peak - (v[0] + v[-1]) / 2)
 
 
 def normalized_barrier(b: float, test_acc_a: float, test_acc_b: float) -> float:

@@ -179,9 +179,9 @@ def build(arch: dict) -> nn.Module:
     return REGISTRY[arch["name"]](**args)
 
 
-def init_model(spec: Spec) -> nn.Module:
-    """Θ0: a pure function of the architecture and init_seed."""
-    torch.manual_seed(seeds.derive_seed(spec.init_seed, "init"))
+def init_model(spec: Spec, pair: int = 0) -> nn.Module:
+    """Θ0 of twin pair `pair`: a pure function of the architecture and the pair's init seed (pair 0: init_seed)."""
+    torch.manual_seed(seeds.derive_seed(spec.pair_seeds(pair)["init"], "init"))
     return build(arch_from_spec(spec))
 
 
@@ -191,13 +191,31 @@ class CheckpointError(RuntimeError):
     """A missing, damaged or mismatched checkpoint; the message names the file and the stage to rerun."""
 
 
-def save_checkpoint(path: str | Path, arch: dict, state: dict[str, torch.Tensor], **meta) -> None:
-    """Write atomically (temp file, then rename): a killed run never leaves a checkpoint behind."""
+def write_payload(path: str | Path, payload: dict) -> None:
+    """torch.save `payload`, atomically (temp file, then rename): a killed run never leaves half a file."""
     buf = io.BytesIO()
-    payload = {"format": CHECKPOINT_FORMAT, "arch": arch, "meta": meta,
-               "state_dict": {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}}
     torch.save(payload, buf)
     write_bytes_atomic(path, buf.getvalue())
+
+
+def read_payload(path: str | Path, kind: str, fmt: int, stage: str) -> dict:
+    """What write_payload wrote at `path`, a `kind` ("checkpoint", ...) of format `fmt`; a CheckpointError
+    naming the file and the stage to rerun when it is missing, damaged or something else."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{kind} {path} is missing; run `dvc repro {stage}` to create it")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"{kind} {path} is damaged ({type(err).__name__}); rerun `dvc repro -f {stage}`") from None
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise CheckpointError(f"{kind} {path} is not an lmc {kind} of format {fmt}; rerun `dvc repro -f {stage}`")
+    return payload
+
+
+def save_checkpoint(path: str | Path, arch: dict, state: dict[str, torch.Tensor], **meta) -> None:
+    write_payload(path, {"format": CHECKPOINT_FORMAT, "arch": arch, "meta": meta,
+                         "state_dict": {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}})
 
 
 @dataclass(frozen=True)
@@ -209,17 +227,7 @@ class Checkpoint:
 
 def load_checkpoint(path: str | Path, stage: str = "train") -> Checkpoint:
     """The module stored at `path`, its arch and meta; a clear CheckpointError when that is impossible."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} is missing; run `dvc repro {stage}` to create it")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"checkpoint {path} is damaged ({type(err).__name__}); "
-                              f"rerun `dvc repro -f {stage}`") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"checkpoint {path} is not an lmc checkpoint of format {CHECKPOINT_FORMAT}; "
-                              f"rerun `dvc repro -f {stage}`")
+    payload = read_payload(path, "checkpoint", CHECKPOINT_FORMAT, stage)
     model = build(payload["arch"])
     try:
         model.load_state_dict(payload["state_dict"])

@@ -45,3 +45,10 @@ def sample_uniforms(base: int, purpose: str, epoch: int, indices, draws: int) ->
         z = (z ^ (z >> np.uint64(27))) * _MIX2
         z = z ^ (z >> np.uint64(31))
     return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def pair_seed(base: int, purpose: str, pair: int) -> int:
+    """The seed of twin pair `pair` for `purpose` ("init", "order-a", ...): pair 0 keeps `base` itself, so a
+    one-pair experiment is the paper's twin experiment with the seeds as written in params.yaml; every other
+    pair derives its own."""
+    return int(base) if pair == 0 else derive_seed(base, f"pair-{purpose}", pair)

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from . import seeds
+
 PARAMS_FILE = "params.yaml"
 
 # Train/test sizes and image shapes (H, W, C) of each dataset, known before any file is read so that
@@ -28,6 +30,7 @@ DATASETS = {
 MODELS = ("mlp", "linear", "cnn", "lc_cnn", "vit")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine")
+ALIGNMENTS = ("none", "weight_matching")
 DEVICES = ("cpu", "cuda")
 KERNEL = 4  # hidden-layer kernel (and stride) of cnn and lc_cnn; the vit's patch size
 
@@ -70,10 +73,28 @@ class Spec:
     device: str = _field("cpu", "where training and interpolation run: cpu, or cuda (deterministic algorithms)",
                          choices=DEVICES)
     alphas: int = _field(11, "number of equidistant interpolation points on [0, 1], endpoints included", min=2)
+    refine_alphas: int = _field(0, "α points added inside each grid interval next to each curve's highest "
+                                "interior point (0 = off); the grid's own barrier is still reported", min=0)
+    pairs: int = _field(1, "twin pairs trained together; pair 0 uses the seeds above, pair i derives its own "
+                        "(init, order, augmentation); barriers get a mean and a 95% interval", min=1, max=64)
+    spawn_step: int = _field(0, "A and B share their first k optimizer steps on A's data stream, then B branches "
+                             "off (Frankle et al. 2020); 0 = both start at Θ0", min=0)
+    align: str = _field("none", "weight_matching: permute B's hidden units onto A's (Ainsworth et al. 2023; mlp "
+                        "and linear) before interpolating", choices=ALIGNMENTS)
 
     @property
     def data(self) -> dict:
         return DATASETS[self.dataset]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-self.data["train"] // self.batch_size)
+
+    def pair_seeds(self, pair: int) -> dict[str, int]:
+        """The seeds of twin pair `pair` (pair 0: exactly those written above)."""
+        named = {"init": self.init_seed, "order_a": self.order_seed_a, "order_b": self.order_seed_b,
+                 "aug_a": self.aug_seed_a, "aug_b": self.aug_seed_b}
+        return {k: seeds.pair_seed(v, k, pair) for k, v in named.items()}
 
 
 class SpecError(ValueError):
@@ -123,6 +144,13 @@ def spec_from_dict(raw: Any) -> Spec:
     if spec.warmup_epochs > spec.epochs:
         raise SpecError(f"params: warmup_epochs={spec.warmup_epochs} exceeds epochs={spec.epochs}; "
                         f"use at most {spec.epochs}")
+    total_steps = spec.epochs * spec.steps_per_epoch
+    if spec.spawn_step >= total_steps:
+        raise SpecError(f"params: spawn_step={spec.spawn_step} leaves B no steps of its own: training has "
+                        f"{total_steps} steps ({spec.epochs} epochs × {spec.steps_per_epoch}); use less")
+    if spec.align != "none" and (spec.model not in ("mlp", "linear") or spec.depth < 2):
+        raise SpecError(f"params: align={spec.align} permutes the hidden units of mlp or linear with depth >= 2, "
+                        f"not model={spec.model} depth={spec.depth}; use align: none")
     h, w, _ = spec.data["shape"]
     if spec.model in ("cnn", "lc_cnn", "vit"):
         if spec.depth != 2:

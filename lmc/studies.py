@@ -8,6 +8,7 @@ says what each scale trains on). lmc/studies_dvc.py turns the file into studies/
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import re
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ STUDIES_FILE = Path("studies/studies.yaml")
 DVC_FILE = Path("studies/dvc.yaml")
 DATA_DIR = Path("studies/data")
 OUT_DIR = Path("studies/out")
+TRUNK_DIR = Path("studies/trunk")
 REPORTS_DIR = Path("reports")
 SCALES = ("cpu", "paper")
 SLUG = re.compile(r"^[A-Za-z0-9_]+(-[A-Za-z0-9_]+)*$")
@@ -53,6 +55,10 @@ def load(path: Path = STUDIES_FILE) -> dict:
     for name, study in raw.get("studies", {}).items():
         if not SLUG.match(name):
             raise SpecError(f"studies: study name '{name}' may hold only letters, digits, _ and -")
+        unknown = set(study) - {"title", "finding", "axes", "figure", "base", "cells", "paper", "paper_accuracy",
+                                "shared_trunk"}
+        if unknown:
+            raise SpecError(f"studies: study {name} has unknown key(s) {', '.join(sorted(unknown))}")
         for key in ("title", "finding", "axes", "figure"):
             if key not in study:
                 raise SpecError(f"studies: study {name} has no `{key}:`; see the other studies in {path}")
@@ -141,6 +147,36 @@ def datasets_used(raw: dict) -> list[str]:
 
 def cell_output(study: str, cell_id: str) -> Path:
     return OUT_DIR / study / f"{cell_id}.json"
+
+
+def has_shared_trunk(raw: dict, study: str) -> bool:
+    """A study with `shared_trunk: true` trains each spawn_step's trunk once (stage trunk-<study>)."""
+    return bool(raw["studies"][study].get("shared_trunk", False))
+
+
+# What a trunk does not depend on: where B branches off, B's own stream, and how the path is evaluated.
+_NOT_TRUNK = ("spawn_step", "order_seed_b", "aug_seed_b", "alphas", "refine_alphas", "align")
+
+
+def trunk_key(spec: Spec) -> dict:
+    """The settings a trunk is trained for: the spec but the keys in _NOT_TRUNK."""
+    return {k: v for k, v in dataclasses.asdict(spec).items() if k not in _NOT_TRUNK}
+
+
+def trunk_path(study: str, step: int) -> Path:
+    return TRUNK_DIR / study / f"step{step}.pt"
+
+
+def trunk_plan(raw: dict, study: str) -> tuple[Spec, list[int]]:
+    """One spec the study's trunk trains with, and the spawn steps its cells branch at; every cell must share
+    the trunk key."""
+    specs = [resolve(raw, c) for c in cells(raw, study)]
+    for spec, cell in zip(specs, cells(raw, study)):
+        if trunk_key(spec) != trunk_key(specs[0]):
+            diff = [k for k, v in trunk_key(spec).items() if trunk_key(specs[0])[k] != v]
+            raise SpecError(f"studies: {study} has shared_trunk, but cell {cell.id} differs from the first cell in "
+                            f"{', '.join(diff)}; vary only {', '.join(_NOT_TRUNK)} in it")
+    return specs[0], sorted({s.spawn_step for s in specs if s.spawn_step > 0})
 
 
 def data_paths(dataset: str) -> dict[str, Path]:

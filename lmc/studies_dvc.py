@@ -1,6 +1,6 @@
 """studies/dvc.yaml, generated from studies/studies.yaml: `python -m lmc.studies_dvc`.
 
-Per dataset a `source-*` and a `prepare-*` stage, per cell one stage whose params are exactly the entries
+Per dataset a `source-*` and a `prepare-*` stage, per study with `shared_trunk` a `trunk-*` stage, per cell one stage whose params are exactly the entries
 that define it (so editing one cell reruns only that cell), per study one `report-*` stage. Cells depend on
 the code that computes them, not on this generator, so changing how the file is written reruns nothing.
 """
@@ -10,8 +10,8 @@ import yaml
 
 from .io import write_text_atomic
 from .stage import entry
-from .studies import (CODE, DVC_FILE, REPORTS_DIR, SCALES, cell_output, cells, data_paths, datasets_used, load,
-                      paper_dataset, resolve, study_names)
+from .studies import (CODE, DVC_FILE, REPORTS_DIR, SCALES, TRUNK_DIR, cell_output, cells, data_paths, datasets_used,
+                      has_shared_trunk, load, paper_dataset, resolve, study_names, trunk_plan)
 
 
 def generate(raw: dict) -> str:
@@ -30,18 +30,28 @@ def generate(raw: dict) -> str:
             "deps": [str(p["source"])] + CODE + ["lmc/data.py", "lmc/datasets.py", "lmc/studies.py",
                                                   "stages/prepare.py"],
             "outs": [str(p["train"]), str(p["test"])]}
+    train_code = ["lmc/data.py", "lmc/augment.py", "lmc/models.py", "lmc/train.py", "lmc/device.py"]
     for study in study_names(raw):
         outs = []
+        trunk = []
+        if has_shared_trunk(raw, study):
+            p = data_paths(paper_dataset(raw, cells(raw, study)[0]))
+            trunk = [str(TRUNK_DIR / study)]
+            stages[f"trunk-{study}"] = {
+                "cmd": f"python -m stages.trunk {study}", "wdir": "..",
+                "deps": [str(p["train"])] + CODE + train_code + ["lmc/studies.py", "stages/trunk.py"],
+                "params": [{studies_yaml: ["scale", "scales", f"studies.{study}.base", f"studies.{study}.axes"]
+                            + ([f"studies.{study}.cells"] if "cells" in raw["studies"][study] else [])}],
+                "outs": trunk}
         for cell in cells(raw, study):
             p = data_paths(paper_dataset(raw, cell))
             out = str(cell_output(study, cell.id))
             outs.append(out)
             stages[f"{study}-{cell.id}"] = {
                 "cmd": f"python -m stages.cell {study} {cell.id}", "wdir": "..",
-                "deps": [str(p["train"]), str(p["test"])] + CODE + [
-                    "lmc/data.py", "lmc/augment.py", "lmc/models.py", "lmc/train.py", "lmc/device.py",
-                    "lmc/connectivity.py",
-                    "lmc/report.py", "lmc/api.py", "lmc/studies.py", "stages/cell.py"],
+                "deps": [str(p["train"]), str(p["test"])] + trunk + CODE + train_code + [
+                    "lmc/align.py", "lmc/connectivity.py", "lmc/report.py", "lmc/api.py", "lmc/studies.py",
+                    "stages/cell.py"],
                 "params": [{studies_yaml: ["scale", "scales"] + cell.param_keys}],
                 "outs": [{out: {"cache": False}}]}
         stages[f"report-{study}"] = {
@@ -62,6 +72,9 @@ def main() -> None:
         for cell in cells(raw, study):
             for scale in SCALES:
                 resolve(raw, cell, scale)
+        if has_shared_trunk(raw, study):
+            for scale in SCALES:
+                trunk_plan({**raw, "scale": scale}, study)
     write_text_atomic(DVC_FILE, generate(raw))
     print(f"wrote {DVC_FILE}: {sum(len(cells(raw, s)) for s in study_names(raw))} cells in "
           f"{len(study_names(raw))} studies")

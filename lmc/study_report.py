@@ -4,19 +4,34 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+from scipy import stats
 
 from . import studies
-from .report import THRESHOLD, save_figure
+from .report import THRESHOLD, pair_metrics, save_figure
 
 SPLITS = ("test", "train")  # the paper's order: Test / Train
+
+
+def _results(raw: dict, study: str):
+    for cell in studies.cells(raw, study):
+        yield cell, json.loads(studies.cell_output(study, cell.id).read_text())
+
+
+def pair_frame(raw: dict, study: str) -> pd.DataFrame:
+    """One row per twin pair of every cell that trained: axis labels, spec, pair index and its metrics."""
+    rows = []
+    for cell, result in _results(raw, study):
+        for i, curves in enumerate(result["curves"].get("pairs", [])):
+            rows.append({"cell": cell.id, **cell.labels, **{f"spec_{k}": v for k, v in result["spec"].items()},
+                         "pair": i, **pair_metrics(curves, result["curves"]["alpha"])})
+    return pd.DataFrame(rows)
 
 
 def cell_frame(raw: dict, study: str) -> pd.DataFrame:
     """One row per cell: its axis labels, its resolved spec, status, metrics and the paper's numbers."""
     s = raw["studies"][study]
     rows = []
-    for cell in studies.cells(raw, study):
-        result = json.loads(studies.cell_output(study, cell.id).read_text())
+    for cell, result in _results(raw, study):
         paper = s.get("paper", {}).get(cell.id)
         row = {"cell": cell.id, **cell.labels, **{f"spec_{k}": v for k, v in result["spec"].items()},
                "status": result["status"], **{k: v for k, v in result["metrics"].items() if k != "status"},
@@ -59,7 +74,13 @@ def markdown(raw: dict, study: str, frame: pd.DataFrame) -> str:
         lines.append(f"⚠ marks a cell where ours and the paper's fall on different sides of the "
                      f"{THRESHOLD:.0%} line (either split), or where only one of the two diverged.")
     lines.append("")
+    pairs = int(frame["pairs"].max()) if frame["pairs"].notna().any() else 1
+    if pairs > 1:
+        lines += [f"Several twin pairs per cell (up to {pairs}): barriers are means over the pairs, with the "
+                  f"Student-t 95% interval of the mean; 'refined' adds α points around each curve's peak.", ""]
     head = axes + ["barrier test / train", "normalized test / train", "test acc A / B"]
+    if pairs > 1:
+        head += ["test barrier 95% interval", "refined test / train"]
     if has_paper:
         head += ["paper test / train", ""]
     if has_acc:
@@ -73,6 +94,10 @@ def markdown(raw: dict, study: str, frame: pd.DataFrame) -> str:
             cells += [f"{_pct(row['barrier_test'])} / {_pct(row['barrier_train'])}",
                       f"{_pct(row['normalized_barrier_test'])} / {_pct(row['normalized_barrier_train'])}",
                       f"{_pct(row['acc_test_a'])} / {_pct(row['acc_test_b'])}"]
+        if pairs > 1:
+            cells += ["–", "–"] if row["status"] != "ok" else [
+                f"{_pct(row['barrier_test_ci_low'])} – {_pct(row['barrier_test_ci_high'])}",
+                f"{_pct(row['barrier_test_refined'])} / {_pct(row['barrier_train_refined'])}"]
         if has_paper:
             if row["paper_status"] == "unstable":
                 cells.append("unstable")
@@ -94,8 +119,10 @@ def markdown(raw: dict, study: str, frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def figure(raw: dict, study: str, frame: pd.DataFrame, path) -> None:
-    """Two panels (test, train) of the study's `figure: {x, hue, y}`; x and hue are axis names or spec keys."""
+def figure(raw: dict, study: str, frame: pd.DataFrame, path, pairs: pd.DataFrame | None = None) -> None:
+    """Two panels (test, train) of the study's `figure: {x, hue, y}`; x and hue are axis names or spec keys.
+    With `pairs` (pair_frame) of n > 1 pairs per cell, bars and points are the pairs' mean with the
+    Student-t 95% interval (mean ± t(0.975, n-1)·s/√n, the tables' interval)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -103,8 +130,16 @@ def figure(raw: dict, study: str, frame: pd.DataFrame, path) -> None:
     import seaborn as sns
 
     fig_spec = raw["studies"][study]["figure"]
+    cells = frame
     col = lambda name: name if name in frame.columns else f"spec_{name}"  # noqa: E731
     x, hue, y = col(fig_spec["x"]), (col(fig_spec["hue"]) if "hue" in fig_spec else None), fig_spec["y"]
+    n = pairs.groupby("cell").size() if pairs is not None and len(pairs) else pd.Series(dtype=int)
+    errorbar = None
+    if len(n) and n.min() > 1:
+        if n.nunique() > 1:
+            raise ValueError(f"study {study}: cells have different numbers of pairs; the figure needs one n")
+        errorbar = ("se", float(stats.t.ppf(0.975, int(n.iloc[0]) - 1)))
+        frame = pairs
     long = []
     for split in SPLITS:
         part = frame.assign(split=split, value=100 * frame[f"{y}_{split}"].astype(float))
@@ -117,15 +152,18 @@ def figure(raw: dict, study: str, frame: pd.DataFrame, path) -> None:
         part = long[long["split"] == split]
         hue_kw = {"hue": part[hue].astype(str), "palette": "viridis"} if hue else {}
         if numeric_x:
-            sns.lineplot(data=part, x=x, y="value", marker="o", ax=ax, **hue_kw)
+            sns.lineplot(data=part, x=x, y="value", marker="o", ax=ax, errorbar=errorbar, **hue_kw)
+            if fig_spec.get("xscale") == "symlog":  # steps 0, 8, …, 480: spread the small ones out
+                ax.set_xscale("symlog", linthresh=min(v for v in part[x].unique() if v > 0))
         else:
-            sns.barplot(data=part, x=x, y="value", ax=ax, **hue_kw)
+            sns.barplot(data=part, x=x, y="value", ax=ax, errorbar=errorbar, **hue_kw)
+            ax.tick_params(axis="x", labelrotation=20)
         ax.axhline(100 * THRESHOLD, color="red", lw=0.8, ls="--")
         label = "normalized barrier" if y == "normalized_barrier" else "barrier"
         ax.set(title=split, xlabel=fig_spec["x"], ylabel=f"{label} (%)")
         if hue:
             ax.legend(title=fig_spec["hue"], fontsize=8)
-    unstable = frame.loc[frame["status"] != "ok", "cell"].tolist()
+    unstable = cells.loc[cells["status"] != "ok", "cell"].tolist()
     title = raw["studies"][study]["title"] + f"  [{raw['scale']} scale]"
     if unstable:
         title += "\nunstable (not drawn): " + ", ".join(unstable)

@@ -8,7 +8,7 @@ import math
 import sys
 import time
 
-from lmc import api, studies, studies_dvc
+from lmc import api, studies, studies_dvc, train
 from lmc.io import write_text_atomic
 from lmc.spec import SpecError
 from lmc.stage import entry
@@ -35,8 +35,12 @@ def main() -> None:
     cell = studies.find_cell(raw, study, cell_id)
     spec = studies.resolve(raw, cell)
     paths = studies.data_paths(studies.paper_dataset(raw, cell))
+    trunk = None
+    if studies.has_shared_trunk(raw, study) and spec.spawn_step:
+        trunk = train.load_snapshot(studies.trunk_path(study, spec.spawn_step), studies.trunk_key(spec),
+                                    stage=f"studies/dvc.yaml:trunk-{study}")
     start = time.perf_counter()
-    result = api.run_experiment(spec, paths["train"], paths["test"])
+    result = api.run_experiment(spec, paths["train"], paths["test"], trunk=trunk)
     print(f"cell {study}/{cell_id}: {result['status']} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     out = {"study": study, "cell": cell_id, "labels": cell.labels, "scale": raw["scale"],
            "spec": dataclasses.asdict(spec), **result}

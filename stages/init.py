@@ -1,4 +1,4 @@
-"""init: the shared initialization Θ0 -> data/init.pt."""
+"""init: Θ0 of every twin pair -> data/init/pair<i>.pt (pair 0 from init_seed, the others derived from it)."""
 from lmc import models, paths
 from lmc.spec import load_params
 from lmc.stage import entry
@@ -7,8 +7,10 @@ from lmc.stage import entry
 @entry
 def main() -> None:
     spec = load_params()
-    model = models.init_model(spec)
-    models.save_checkpoint(paths.INIT, models.arch_from_spec(spec), model.state_dict(), init_seed=spec.init_seed)
+    for pair in range(spec.pairs):
+        model = models.init_model(spec, pair)
+        models.save_checkpoint(paths.init(pair), models.arch_from_spec(spec), model.state_dict(),
+                               init_seed=spec.pair_seeds(pair)["init"])
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
-"""interpolate: error and loss of Θ(α) on both splits, all α in one batched pass -> data/interpolation.json."""
+"""interpolate: error and loss of Θ(α) of every twin pair on both splits -> data/interpolation.json."""
 import json
 
 from lmc import api, connectivity, paths
-from lmc.io import write_text_atomic
 from lmc.device import select as select_device
+from lmc.io import write_text_atomic
 from lmc.spec import load_params
 from lmc.stage import entry
 
@@ -12,13 +12,12 @@ from lmc.stage import entry
 def main() -> None:
     spec = load_params()
     dev = select_device(spec)
-    run = api.load_run()
-    curves = {"alpha": connectivity.alpha_grid(spec.alphas).tolist(), "status": run.status}
-    if run.status == "ok":
-        for split in paths.BETONS:
-            c = api.path_curves(run.a, run.b, *api.load_split(split), spec.dataset, spec.alphas,
-                                dev)
-            curves[f"{split}_error"], curves[f"{split}_loss"] = c["error"], c["loss"]
+    runs = [api.load_run(pair=pair) for pair in range(spec.pairs)]
+    curves = {"alpha": connectivity.alpha_grid(spec.alphas).tolist(), "status": runs[0].status}
+    if runs[0].status == "ok":
+        splits = {split: api.load_split(split) for split in paths.BETONS}
+        twins = [(run.a.state_dict(), run.b.state_dict()) for run in runs]
+        curves = api.experiment_curves(spec, runs[0].a, twins, splits, dev)
     write_text_atomic(paths.CURVES, json.dumps(curves, indent=1) + "\n")
 
 

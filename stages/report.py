@@ -17,7 +17,7 @@ def main() -> None:
     write_text_atomic(paths.METRICS, json.dumps(metrics, indent=2) + "\n")
     write_text_atomic(paths.CURVE_CSV, frame.to_csv(index=False, float_format="%.6f"))
     write_text_atomic(paths.SUMMARY, report.summary_markdown(metrics, title))
-    report.error_figure(frame, title, paths.FIGURE)
+    report.error_figure(curves, title, paths.FIGURE)
 
 
 if __name__ == "__main__":

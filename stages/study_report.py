@@ -17,7 +17,7 @@ def main() -> None:
     out = studies.REPORTS_DIR / study
     write_text_atomic(out.with_suffix(".md"), study_report.markdown(raw, study, frame))
     write_text_atomic(out.with_suffix(".csv"), frame.to_csv(index=False, float_format="%.6f"))
-    study_report.figure(raw, study, frame, out.with_suffix(".png"))
+    study_report.figure(raw, study, frame, out.with_suffix(".png"), study_report.pair_frame(raw, study))
 
 
 if __name__ == "__main__":

@@ -17,10 +17,10 @@ def run_dir(tmp_path, betons):
         (tmp_path / paths.BETONS[split]).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, tmp_path / paths.BETONS[split])
     arch = models.arch_from_spec(spec)
-    models.save_checkpoint(tmp_path / paths.INIT, arch, models.init_model(spec).state_dict())
-    for i, p in enumerate(paths.TWINS.values()):
+    models.save_checkpoint(tmp_path / paths.init(0), arch, models.init_model(spec).state_dict())
+    for i, side in enumerate("ab"):
         other = models.init_model(Spec(width=16, init_seed=i + 1))
-        models.save_checkpoint(tmp_path / p, arch, other.state_dict(), status="ok")
+        models.save_checkpoint(tmp_path / paths.twin(0, side), arch, other.state_dict(), status="ok")
     return tmp_path
 
 

@@ -92,3 +92,19 @@ def test_path_evaluation_equals_evaluating_every_interpolated_model(spec):
             logits = whole(data.normalize(images, "mnist5k"))
         assert error[i] == pytest.approx((logits.argmax(1) != labels).double().mean().item(), abs=1 / 300 + 1e-9)
         assert loss[i] == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-5)
+
+
+def test_refined_grid_sits_around_the_highest_interior_point():
+    grid = connectivity.alpha_grid(11)
+    errors = [0.0, 0.1, 0.3, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.05]
+    fine = connectivity.refine_grid(grid, errors, 4)
+    assert fine.tolist() == pytest.approx([0.12, 0.14, 0.16, 0.18, 0.22, 0.24, 0.26, 0.28])  # around α=0.2
+    assert not np.isclose(fine[:, None], grid[None, :]).any()
+    # the endpoints never count as the peak, even when they are the highest
+    assert connectivity.refine_grid([0.0, 0.5, 1.0], [0.9, 0.1, 0.0], 1).tolist() == pytest.approx([0.25, 0.75])
+    assert len(connectivity.refine_grid(grid, errors, 0)) == 0
+
+
+def test_barrier_with_extra_points():
+    assert connectivity.barrier([0.1, 0.2, 0.1], extra=[0.4]) == pytest.approx(0.3)
+    assert connectivity.barrier([0.1, 0.2, 0.1], extra=[]) == pytest.approx(0.1)

@@ -12,9 +12,10 @@ from lmc import models
 from .test_pipeline import BIN, copy_repo, sh
 
 pytestmark = pytest.mark.e2e
-PARAMS = {"epochs": 40, "width": 128}  # long enough to be stopped in the middle of training
-COMPARED = ["dvc.lock", "reports/metrics.json", "reports/interpolation.csv", "data/twins/a.pt", "data/twins/b.pt",
-            "data/train.beton", "data/init.pt"]
+PARAMS = {"epochs": 40, "width": 128, "pairs": 2}  # long enough to be stopped in the middle of training
+TWINS = [f"data/twins/pair{pair}/{side}.pt" for pair in range(2) for side in "ab"]
+COMPARED = ["dvc.lock", "reports/metrics.json", "reports/interpolation.csv", "reports/layerwise.json", *TWINS,
+            "data/train.beton", "data/init/pair0.pt", "data/init/pair1.pt"]
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def reference(tmp_path_factory):
 
 
 def epochs_logged(repo) -> int:
-    tsv = repo / "reports/train/plots/metrics/loss_a.tsv"
+    tsv = repo / "reports/train/plots/metrics/loss_a0.tsv"
     return max(0, len(tsv.read_text().splitlines()) - 1) if tsv.exists() else 0
 
 
@@ -43,8 +44,8 @@ def test_interrupted_training_leaves_nothing_half_written_and_reruns_to_the_same
     os.killpg(proc.pid, sig)  # the whole process group, as a terminal's Ctrl-C or a killed job would
     proc.wait(timeout=120)
     assert proc.returncode != 0 and epochs_logged(repo) < PARAMS["epochs"]
-    for twin in ("a", "b"):  # under its final name a checkpoint is whole, or absent
-        path = repo / f"data/twins/{twin}.pt"
+    for twin in TWINS:  # under its final name a checkpoint is whole, or absent
+        path = repo / twin
         assert not path.exists() or models.load_checkpoint(path)
 
     sh(repo, "dvc", "repro")

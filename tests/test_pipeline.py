@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lmc import data
+from lmc import data, report
 
 from .fixtures import WRITERS
 
@@ -66,35 +66,44 @@ def tiny_repo(tmp_path_factory):
 def test_repro_writes_every_report(tiny_repo):
     metrics = json.loads((tiny_repo / "reports/metrics.json").read_text())
     assert metrics["status"] == "ok"
-    assert set(metrics) == {"barrier_train", "barrier_test", "normalized_barrier_train", "normalized_barrier_test",
-                            "loss_barrier_train", "loss_barrier_test", "acc_train_a", "acc_train_b",
-                            "acc_test_a", "acc_test_b", "status"}
-    assert all(0 <= metrics[k] <= 1 for k in metrics if k.startswith(("acc", "barrier")))
+    assert tuple(metrics) == report.METRIC_KEYS and metrics["pairs"] == 3  # params.yaml's default
+    assert all(0 <= metrics[k] <= 1 for k in metrics if k.startswith(("acc", "barrier")) and "_ci_" not in k)
+    assert metrics["barrier_test_ci_low"] <= metrics["barrier_test"] <= metrics["barrier_test_ci_high"]
+    assert metrics["barrier_test_cross_init"] is not None
     csv = (tiny_repo / "reports/interpolation.csv").read_text().splitlines()
     assert csv[0] == "alpha,train_error,test_error,train_loss,test_loss" and len(csv) == 12
     assert (tiny_repo / "reports/interpolation.png").read_bytes().startswith(b"\x89PNG")
     assert "Verdict" in (tiny_repo / "reports/summary.md").read_text()
     live = json.loads((tiny_repo / "reports/train/metrics.json").read_text())
-    assert live["step"] == TINY["epochs"] - 1 and {"loss_a", "loss_b", "acc_a", "acc_b"} <= set(live)
+    assert live["step"] == TINY["epochs"] - 1 and {"loss_a0", "loss_b2", "acc_a1", "acc_b0"} <= set(live)
     plots = json.loads(sh(tiny_repo, "dvc", "plots", "show", "--json").stdout)
-    assert {"error_vs_alpha", "loss_vs_alpha", "reports/train/plots/metrics/loss_a.tsv"} <= set(plots["data"])
+    assert {"error_vs_alpha", "loss_vs_alpha", "reports/train/plots/metrics/loss_a0.tsv"} <= set(plots["data"])
+    layers = json.loads((tiny_repo / "reports/layerwise.json").read_text())
+    assert layers["status"] == "ok" and list(layers["layers"]) == ["layers.0", "layers.1"]
+    assert "| layers.0 |" in (tiny_repo / "reports/layerwise.md").read_text()
+    assert sorted(p.name for p in (tiny_repo / "data/twins").iterdir()) == ["pair0", "pair1", "pair2"]
 
 
 def test_experiment_reruns_only_train_and_later_and_is_compared(tiny_repo):
     commit(tiny_repo, "baseline")
     out = sh(tiny_repo, "dvc", "exp", "run", "-S", "optimizer=adam", "-S", "lr=0.005").stdout
-    assert set(ran(out)) == {"check", "source", "train", "interpolate", "report"}  # check runs in any order
+    assert set(ran(out)) == {"check", "source", "train", "interpolate", "report", "layerwise"}  # in any order
     table = json.loads(sh(tiny_repo, "dvc", "exp", "show", "--json").stdout)
     text = json.dumps(table)
     assert '"optimizer": "adam"' in text and '"optimizer": "sgd"' in text and "barrier_test" in text
     out = sh(tiny_repo, "dvc", "exp", "run", "-S", "alphas=5").stdout
+    assert set(ran(out)) == {"check", "source", "interpolate", "report", "layerwise"}
+    out = sh(tiny_repo, "dvc", "exp", "run", "-S", "align=weight_matching", "-S", "refine_alphas=3").stdout
     assert set(ran(out)) == {"check", "source", "interpolate", "report"}
+    curves = json.loads((tiny_repo / "data/interpolation.json").read_text())
+    assert len(curves["pairs"]) == 3 and len(curves["pairs"][0]["test_refined"]["alpha"]) == 6
 
 
 def test_diverged_experiment_finishes_and_reports_unstable(tiny_repo):
     """A twin whose loss turns non-finite stops cleanly; every later stage still runs and says so."""
     proc = sh(tiny_repo, "dvc", "exp", "run", "-S", "optimizer=sgd", "-S", "lr=1000000.0")
-    assert set(ran(proc.stdout)) == {"check", "source", "train", "interpolate", "report"}
+    assert set(ran(proc.stdout)) == {"check", "source", "train", "interpolate", "report", "layerwise"}
+    assert json.loads((tiny_repo / "reports/layerwise.json").read_text()) == {"status": "diverged"}
     metrics = json.loads((tiny_repo / "reports/metrics.json").read_text())
     assert metrics["status"] == "diverged" and metrics["barrier_test"] is None
     assert "**unstable**" in (tiny_repo / "reports/summary.md").read_text()
@@ -143,7 +152,7 @@ def test_bad_params_stop_dvc_repro_with_one_line_and_no_output(tmp_path, line, m
     assert proc.returncode != 0
     errors = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
     assert len(errors) == 1 and message in errors[0] and "Traceback" not in proc.stderr
-    assert not any((repo / "data").glob("*.beton")) and not (repo / "data/init.pt").exists()
+    assert not any((repo / "data").glob("*.beton")) and not (repo / "data/init").exists()
 
 
 def test_committed_lock_reproduces_here(tmp_path):
@@ -198,3 +207,31 @@ def test_study_cells_are_cached_one_by_one_and_absent_data_is_one_line(tmp_path)
     errors = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
     assert proc.returncode != 0 and len(errors) == 1
     assert errors[0].startswith("error: dataset cifar10: data/raw/cifar-10-batches-py/") and "not found" in errors[0]
+
+
+def test_spawn_study_trains_its_trunk_once_and_a_is_the_same_run_at_every_k(tmp_path):
+    config = copy.deepcopy(TINY_STUDIES)
+    config["studies"] = {"tinyspawn": {
+        "title": "t", "finding": "none", "shared_trunk": True,
+        "base": {"model": "mlp", "dataset": "mnist", "pairs": 2, "epochs": 2},
+        "axes": {"k": {"k0": {"spawn_step": 0}, "k3": {"spawn_step": 3}, "k5": {"spawn_step": 5}}},
+        "figure": {"x": "spawn_step", "y": "barrier"}}}
+    repo = copy_repo(tmp_path, {"download": False})
+    (repo / "studies/studies.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    sh(repo, sys.executable, "-m", "lmc.studies_dvc")
+    commit(repo, "spawn study")
+    stage = lambda name: f"studies/dvc.yaml:{name}"  # noqa: E731
+    assert set(ran(sh(repo, "dvc", "repro", stage("report-tinyspawn")).stdout)) == {
+        stage(s) for s in ("source-mnist", "prepare-mnist", "trunk-tinyspawn", "tinyspawn-k0", "tinyspawn-k3",
+                           "tinyspawn-k5", "report-tinyspawn")}
+    assert sorted(p.name for p in (repo / "studies/trunk/tinyspawn").iterdir()) == ["step3.pt", "step5.pt"]
+    results = {k: json.loads((repo / f"studies/out/tinyspawn/{k}.json").read_text()) for k in ("k0", "k3", "k5")}
+    for key in ("acc_train_a", "acc_test_a"):  # A continues its trunk exactly: the same model whatever k
+        assert len({r["metrics"][key] for r in results.values()}) == 1
+    assert results["k0"]["curves"]["pairs"][0]["test_error"] != results["k5"]["curves"]["pairs"][0]["test_error"]
+    (repo / "studies/trunk/tinyspawn/step3.pt").unlink()
+    (repo / "studies/trunk/tinyspawn/step3.pt").write_bytes(b"damaged")
+    proc = sh(repo, sys.executable, "-m", "stages.cell", "tinyspawn", "k3", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: trunk snapshot studies/trunk/tinyspawn/step3.pt is damaged (UnpicklingError); "
+        "rerun `dvc repro -f studies/dvc.yaml:trunk-tinyspawn`"]

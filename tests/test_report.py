@@ -4,9 +4,9 @@ import pytest
 
 from lmc import report
 
-CURVES = {"alpha": [0.0, 0.5, 1.0], "status": "ok",
-          "train_error": [0.0, 0.1, 0.02], "test_error": [0.05, 0.2, 0.07],
-          "train_loss": [0.01, 0.5, 0.03], "test_loss": [0.2, 0.9, 0.25]}
+PAIR = {"train_error": [0.0, 0.1, 0.02], "test_error": [0.05, 0.2, 0.07],
+        "train_loss": [0.01, 0.5, 0.03], "test_loss": [0.2, 0.9, 0.25]}
+CURVES = {"alpha": [0.0, 0.5, 1.0], "status": "ok", "pairs": [PAIR]}
 
 
 def test_metrics_are_flat_fractions():
@@ -17,7 +17,9 @@ def test_metrics_are_flat_fractions():
     assert m["normalized_barrier_test"] == pytest.approx(0.14 / 0.94, abs=1e-6)
     assert m["normalized_barrier_train"] == pytest.approx(0.09 / 0.94, abs=1e-6)
     assert m["loss_barrier_train"] == pytest.approx(0.48)
-    assert m["status"] == "ok"
+    assert m["status"] == "ok" and m["pairs"] == 1
+    assert m["barrier_test_ci_low"] is None and m["barrier_test_cross_init"] is None
+    assert m["barrier_test_refined"] == m["barrier_test"] and m["peak_alpha_test"] == 0.5
     json.dumps(m)
 
 
@@ -34,9 +36,44 @@ def test_summary_states_the_verdict():
 
 
 def test_figure_is_byte_stable(tmp_path):
-    frame = report.curves_frame(CURVES)
-    report.error_figure(frame, "t", tmp_path / "a.png")
-    report.error_figure(frame, "t", tmp_path / "b.png")
+    report.error_figure(PAIRS, "t", tmp_path / "a.png")
+    report.error_figure(PAIRS, "t", tmp_path / "b.png")
     png = (tmp_path / "a.png").read_bytes()
     assert png.startswith(b"\x89PNG") and png == (tmp_path / "b.png").read_bytes()
     assert b"Software" not in png
+
+
+OTHER = {"train_error": [0.02, 0.05, 0.0], "test_error": [0.07, 0.1, 0.05],
+         "train_loss": [0.03, 0.2, 0.01], "test_loss": [0.25, 0.4, 0.2],
+         "test_refined": {"alpha": [0.4, 0.6], "error": [0.15, 0.3], "loss": [0.5, 0.6]}}
+PAIRS = {"alpha": [0.0, 0.5, 1.0], "status": "ok", "pairs": [PAIR, OTHER, PAIR],
+         "cross_init": {**OTHER, "test_error": [0.07, 0.5, 0.05]}}
+
+
+def test_several_pairs_give_the_mean_and_a_student_t_interval():
+    m = report.metrics_from_curves(PAIRS)
+    test = [0.14, 0.04, 0.14]  # the three pairs' test barriers on the grid
+    assert m["pairs"] == 3 and m["barrier_test"] == pytest.approx(sum(test) / 3, abs=1e-6)
+    half = 4.302653 * (sum((t - sum(test) / 3) ** 2 for t in test) / 2) ** 0.5 / 3 ** 0.5  # t(0.975, 2) = 4.3027
+    assert m["barrier_test_ci_low"] == pytest.approx(sum(test) / 3 - half, abs=1e-5)
+    assert m["barrier_test_ci_high"] == pytest.approx(sum(test) / 3 + half, abs=1e-5)
+    assert m["barrier_test_cross_init"] == pytest.approx(0.44)
+
+
+def test_refined_points_raise_the_barrier_only_where_they_peak_higher():
+    m = report.pair_metrics(OTHER, [0.0, 0.5, 1.0])
+    assert m["barrier_test"] == pytest.approx(0.04) and m["barrier_test_refined"] == pytest.approx(0.24)
+    assert m["peak_alpha_test"] == 0.6 and m["barrier_train_refined"] == m["barrier_train"]
+
+
+def test_interval_needs_two_values():
+    assert report.interval95([0.1]) == (None, None)
+    low, high = report.interval95([0.1, 0.1, 0.1])
+    assert low == pytest.approx(0.1) and high == pytest.approx(0.1)
+
+
+def test_curves_frame_is_the_mean_over_pairs():
+    frame = report.curves_frame(PAIRS)
+    assert frame["test_error"].tolist() == pytest.approx([0.17 / 3, 0.5 / 3, 0.19 / 3])
+    long = report.pairs_frame(PAIRS)
+    assert len(long) == 3 * 2 * 3 + 2 and long["refined"].sum() == 2

@@ -30,3 +30,12 @@ def test_adjacent_seeds_do_not_replay_each_other_one_epoch_apart():
         for e in range(10):
             assert not np.array_equal(seeds.epoch_order(s, e + 1, 500), seeds.epoch_order(s + 1, e, 500))
             assert not np.array_equal(seeds.epoch_order(s, e, 500), seeds.epoch_order(s, e + 1, 500))
+
+
+def test_pair_zero_keeps_the_written_seeds_and_other_pairs_derive_distinct_ones():
+    from lmc.spec import Spec
+    spec = Spec()
+    assert spec.pair_seeds(0) == {"init": 0, "order_a": 43, "order_b": 118, "aug_a": 43, "aug_b": 118}
+    seen = [v for pair in range(1, 6) for v in spec.pair_seeds(pair).values()]
+    assert len(set(seen)) == len(seen) and not set(seen) & {0, 43, 118}
+    assert spec.pair_seeds(3) == Spec().pair_seeds(3)  # a pure function

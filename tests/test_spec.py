@@ -41,6 +41,15 @@ BAD = [  # (params, words the one-line message must contain)
     ({"data_root": 3}, ["data_root=3", "str"]),
     ({"download": "no"}, ["download='no'", "bool"]),
     ({"dataset": "cifar"}, ["dataset='cifar'", "cifar10"]),
+    ({"pairs": 0}, ["pairs=0", ">= 1"]),
+    ({"pairs": 100}, ["pairs=100", "<= 64"]),
+    ({"refine_alphas": -1}, ["refine_alphas=-1", ">= 0"]),
+    ({"spawn_step": 384}, ["spawn_step=384", "384 steps (12 epochs × 32)"]),
+    ({"spawn_step": -1}, ["spawn_step=-1", ">= 0"]),
+    ({"align": "git-rebasin"}, ["align='git-rebasin'", "none, weight_matching"]),
+    ({"align": "weight_matching", "model": "cnn"}, ["align=weight_matching", "model=cnn", "align: none"]),
+    ({"align": "weight_matching", "depth": 1}, ["depth=1", "align: none"]),
+    ({"pair": 3}, ["unknown key 'pair'", "did you mean 'pairs'"]),
 ]
 
 
@@ -79,7 +88,7 @@ def test_describe_lists_every_key():
     assert all(f"`{f.name}`" in table for f in dataclasses.fields(Spec))
 
 
-@pytest.mark.parametrize("stage", ["check", "source", "prepare", "init", "train", "interpolate", "report"])
+@pytest.mark.parametrize("stage", list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]))
 def test_every_stage_stops_on_bad_params_before_writing(tmp_path, stage):
     (tmp_path / "params.yaml").write_text("optimizer: adamw2\n")
     proc = run_stage(tmp_path, stage)

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from lmc import studies, studies_dvc, study_report
+from lmc import report, studies, studies_dvc, study_report
 from lmc.spec import SpecError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,20 +104,20 @@ def test_threshold_flags(r, flag):
     assert study_report._flag(r) == flag
 
 
-def fake_results(tmp_path, monkeypatch, raw, study, barrier=lambda cell: 0.01):
+def fake_results(tmp_path, monkeypatch, raw, study, barrier=lambda cell: 0.01, pairs=1):
+    """Cell outputs as stages.cell writes them, from curves whose pair i has test and train barrier b + i/1000."""
     monkeypatch.setattr(studies, "OUT_DIR", tmp_path / "out")
     for cell in studies.cells(raw, study):
         spec = studies.resolve(raw, cell)
         b = barrier(cell)
-        metrics = {k: b for k in ("barrier_test", "barrier_train", "normalized_barrier_test",
-                                  "normalized_barrier_train")}
-        metrics.update(acc_test_a=0.9, acc_test_b=0.9, status="ok" if b is not None else "diverged")
-        if b is None:
-            metrics = {k: None for k in metrics} | {"status": "diverged"}
+        curves = {"alpha": [0.0, 0.5, 1.0], "status": "diverged" if b is None else "ok"}
+        if b is not None:
+            curves["pairs"] = [{f"{split}_{kind}": [0.1, 0.1 + b + i / 1000, 0.1] for split in ("train", "test")
+                                for kind in ("error", "loss")} for i in range(pairs)]
         path = studies.cell_output(study, cell.id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"spec": dataclasses.asdict(spec), "status": metrics["status"],
-                                    "metrics": metrics}))
+        path.write_text(json.dumps({"spec": dataclasses.asdict(spec), "status": curves["status"],
+                                    "metrics": report.metrics_from_curves(curves), "curves": curves}))
 
 
 def test_report_puts_ours_beside_the_papers_and_marks_unstable(tmp_path, monkeypatch):
@@ -138,3 +138,47 @@ def test_table4_accuracies_appear_in_the_fig3_report(tmp_path, monkeypatch):
     fake_results(tmp_path, monkeypatch, RAW, "fig3")
     text = study_report.markdown(RAW, "fig3", study_report.cell_frame(RAW, "fig3"))
     assert "paper test acc" in text and "| cifar100 | L4 | hi |" in text and "14.26" in text
+
+
+def test_a_shared_trunk_study_gets_one_trunk_stage_its_cells_depend_on():
+    stages = yaml.safe_load(studies_dvc.generate(RAW))["stages"]
+    trunk = stages["trunk-spawn"]
+    assert trunk["outs"] == ["studies/trunk/spawn"] and "stages/trunk.py" in trunk["deps"]
+    assert all("studies/trunk/spawn" in stages[f"spawn-{c.id}"]["deps"] for c in studies.cells(RAW, "spawn"))
+    assert "studies/trunk/spawn" not in stages["table2-sgd-hi"]["deps"]
+    spec, steps = studies.trunk_plan(RAW, "spawn")
+    assert steps == [8, 32, 64, 160, 320, 480] and spec.pairs == 3
+
+
+def test_a_shared_trunk_study_whose_cells_train_differently_is_refused():
+    bad = yaml.safe_load((ROOT / studies.STUDIES_FILE).read_text())
+    bad["studies"]["spawn"]["axes"]["k"]["k8"]["lr"] = 0.001
+    with pytest.raises(SpecError, match="cell k8 differs from the first cell in lr"):
+        studies.trunk_plan(bad, "spawn")
+
+
+def test_unknown_study_keys_are_refused(tmp_path):
+    raw = yaml.safe_load((ROOT / studies.STUDIES_FILE).read_text())
+    raw["studies"]["spawn"]["shared_trunks"] = True
+    (tmp_path / "studies.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(SpecError, match="study spawn has unknown key"):
+        studies.load(tmp_path / "studies.yaml")
+
+
+def test_report_of_several_pairs_gives_intervals_in_the_table_and_the_figure(tmp_path, monkeypatch):
+    fake_results(tmp_path, monkeypatch, RAW, "table2", barrier=lambda c: 0.03, pairs=3)
+    frame = study_report.cell_frame(RAW, "table2")
+    text = study_report.markdown(RAW, "table2", frame)
+    line = next(l for l in text.splitlines() if l.startswith("| sgd-hi |"))
+    # barriers 3.0, 3.1, 3.2%: mean 3.1, half-width t(0.975, 2) · 0.1 / √3 = 0.248
+    assert "3.10 / 3.10" in line and "2.85 – 3.35" in line and "Student-t 95% interval" in text
+    pairs = study_report.pair_frame(RAW, "table2")
+    assert len(pairs) == 15 and sorted(pairs["pair"].unique()) == [0, 1, 2]
+    for name in ("a.png", "b.png"):
+        study_report.figure(RAW, "table2", frame, tmp_path / name, pairs)
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    one_pair = tmp_path / "one.png"
+    fake_results(tmp_path, monkeypatch, RAW, "table2", barrier=lambda c: 0.03, pairs=1)
+    study_report.figure(RAW, "table2", study_report.cell_frame(RAW, "table2"), one_pair,
+                        study_report.pair_frame(RAW, "table2"))
+    assert one_pair.read_bytes() != (tmp_path / "a.png").read_bytes()  # error bars drawn only with pairs

@@ -10,7 +10,9 @@ from torch import nn
 
 from lmc import data, models
 from lmc.spec import Spec
-from lmc.train import clip_per_model, lr_at, make_optimizer, train_twins
+from lmc.models import CheckpointError
+from lmc.train import (clip_per_model, load_snapshot, lr_at, make_optimizer, save_snapshot, train_pairs,
+                       train_trunks, train_twins, twin_state)
 
 
 def twin_loaders(betons, spec):
@@ -124,3 +126,75 @@ def test_cpu_kernels_are_pinned_before_torch_loads():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR")})
     assert proc.stdout.split() == ["AVX2", "AVX2"], proc.stderr
+
+
+def pairs_run(betons, spec, **kw):
+    split = data.read_split(betons["train"])
+    inits = [models.init_model(spec, i).state_dict() for i in range(spec.pairs)]
+    return train_pairs(spec, models.build(models.arch_from_spec(spec)), inits, split, **kw), inits, split
+
+
+def test_pair_zero_of_several_is_the_one_pair_experiment(betons, tiny_spec):
+    one, _, _ = pairs_run(betons, tiny_spec)
+    three, inits, _ = pairs_run(betons, dataclasses.replace(tiny_spec, pairs=3))
+    for side in "ab":
+        a, b = twin_state(one, 0, side), twin_state(three, 0, side)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    # the other pairs start from their own Θ0 and differ from pair 0
+    assert not torch.equal(inits[1]["layers.0.weight"], inits[0]["layers.0.weight"])
+    assert not torch.equal(twin_state(three, 1, "a")["layers.0.weight"], twin_state(three, 0, "a")["layers.0.weight"])
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_spawned_twins_share_the_trunk_and_a_never_notices(betons, tiny_spec, optimizer):
+    spec = dataclasses.replace(tiny_spec, epochs=3, pairs=2, optimizer=optimizer,
+                               lr=0.1 if optimizer == "sgd" else 0.001)
+    base, _, _ = pairs_run(betons, spec)
+    spawned, _, _ = pairs_run(betons, dataclasses.replace(spec, spawn_step=11))  # 8 steps/epoch: mid-epoch
+    for pair in range(2):
+        a0, a11 = twin_state(base, pair, "a"), twin_state(spawned, pair, "a")
+        assert all(torch.equal(a0[k], a11[k]) for k in a0), "A must continue exactly as if it never branched"
+        b0, b11 = twin_state(base, pair, "b"), twin_state(spawned, pair, "b")
+        assert not torch.equal(b0["layers.0.weight"], b11["layers.0.weight"])
+    assert spawned.history[0].epoch == 1  # the twins' own steps start in epoch 2
+
+
+def test_trunk_snapshots_serve_every_k_with_the_same_bytes(betons, tiny_spec, tmp_path):
+    spec = dataclasses.replace(tiny_spec, epochs=3, pairs=2)
+    split = data.read_split(betons["train"])
+    model = models.build(models.arch_from_spec(spec))
+    inits = [models.init_model(spec, i).state_dict() for i in range(2)]
+    snapshots = train_trunks(spec, model, inits, split, [3, 11])  # one run, stopped twice
+    for k in (3, 11):
+        path = tmp_path / f"step{k}.pt"
+        save_snapshot(path, snapshots[k], {"k": "v"})
+        loaded = load_snapshot(path, {"k": "v"}, stage="trunk")
+        reused = train_pairs(dataclasses.replace(spec, spawn_step=k), model, inits, split, trunk=loaded)
+        fresh = train_pairs(dataclasses.replace(spec, spawn_step=k), model, inits, split)
+        assert all(torch.equal(reused.state[n], fresh.state[n]) for n in fresh.state)
+    with pytest.raises(CheckpointError, match=r"other settings \(k\); rerun `dvc repro trunk`"):
+        load_snapshot(tmp_path / "step3.pt", {"k": "other"}, stage="trunk")
+    (tmp_path / "step11.pt").write_bytes(b"not a snapshot")
+    with pytest.raises(CheckpointError, match="damaged"):
+        load_snapshot(tmp_path / "step11.pt", {"k": "v"}, stage="trunk")
+
+
+def test_resuming_from_a_snapshot_equals_training_straight_through(betons, tiny_spec):
+    spec = dataclasses.replace(tiny_spec, epochs=3, optimizer="adam", lr=0.001)
+    loaders = twin_loaders(betons, spec)
+    straight = train_twins(spec, models.init_model(spec), loaders)
+    half = train_twins(spec, models.init_model(spec), twin_loaders(betons, spec), stop_step=13)
+    resumed = train_twins(spec, models.init_model(spec), twin_loaders(betons, spec), start=half.snapshot)
+    assert half.snapshot.step == 13 and resumed.snapshot.step == straight.snapshot.step == 24
+    assert all(torch.equal(straight.state[n], resumed.state[n]) for n in straight.state)
+
+
+def test_a_trunk_that_diverges_makes_the_run_unstable_not_a_crash(betons, tiny_spec):
+    spec = dataclasses.replace(tiny_spec, pairs=2, spawn_step=5, lr=1e6)
+    result, _, _ = pairs_run(betons, spec)
+    assert result.status == "diverged" and result.diverged_epoch == 0
+    assert next(iter(result.state.values())).shape[0] == 4  # both twins of each pair: the trunk
+    split = data.read_split(betons["train"])
+    with pytest.raises(FloatingPointError, match="the trunk diverged before step 5"):
+        train_trunks(spec, models.build(models.arch_from_spec(spec)), [models.init_model(spec, i).state_dict()
+                     for i in range(2)], split, [5])

@@ -1,0 +1,65 @@
+"""Layerwise connectivity: interpolate one layer at a time, the others held at A (Adilova et al. 2023).
+
+For layer l the path is Θ_l(α) = A with layer l's parameters set to (1-α)·A_l + α·B_l, so α=1 is a hybrid:
+A with B's layer l. A layer's barrier is the error barrier along its path (max minus the endpoints' mean);
+the hybrid's own error is reported beside it, since it says whether B's layer fits A's other layers at all.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import connectivity
+
+EVAL_STACK = 64  # models evaluated per batched pass (bounds memory for wide models)
+
+
+def layer_names(state: dict) -> list[str]:
+    """The model's layers in state order: parameter names without their last part (layers.0, hidden, …)."""
+    names = []
+    for key in state:
+        name = key.rsplit(".", 1)[0] if "." in key else key
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def _in_layer(key: str, layer: str) -> bool:
+    return key == layer or key.startswith(layer + ".")
+
+
+def layer_path_states(state_a: dict, state_b: dict, layer: str, alphas) -> dict[str, torch.Tensor]:
+    """The stacked states Θ_l(α) for every α: layer `layer` interpolated, every other entry at A."""
+    path = connectivity.interpolate_states(state_a, state_b, alphas)
+    k = len(alphas)
+    return {n: (path[n] if _in_layer(n, layer) else t.expand(k, *t.shape).clone()) for n, t in state_a.items()}
+
+
+def layerwise_curves(model: nn.Module, state_a: dict, state_b: dict, images: torch.Tensor, labels: torch.Tensor,
+                     dataset: str, alphas, device: torch.device | None = None) -> dict[str, dict]:
+    """{layer: {"error": [...], "loss": [...]}} along each layer's path, every layer's α in batched passes."""
+    names = layer_names(state_a)
+    stacks = [layer_path_states(state_a, state_b, name, alphas) for name in names]
+    stacked = {n: torch.cat([s[n] for s in stacks]) for n in state_a}
+    total = len(names) * len(alphas)
+    errors, losses = [], []
+    for start in range(0, total, EVAL_STACK):
+        chunk = {n: t[start:start + EVAL_STACK] for n, t in stacked.items()}
+        e, l = connectivity.evaluate_stack(model, chunk, images, labels, dataset, device=device)
+        errors.append(e)
+        losses.append(l)
+    error = np.concatenate(errors).reshape(len(names), len(alphas))
+    loss = np.concatenate(losses).reshape(len(names), len(alphas))
+    return {name: {"error": error[i].tolist(), "loss": loss[i].tolist()} for i, name in enumerate(names)}
+
+
+def layer_metrics(curves_by_split: dict[str, dict[str, dict]]) -> dict[str, dict]:
+    """{layer: {barrier_<split>, hybrid_error_<split>}} from {split: layerwise_curves(...)}."""
+    out = {}
+    for split, curves in curves_by_split.items():
+        for layer, c in curves.items():
+            m = out.setdefault(layer, {})
+            m[f"barrier_{split}"] = round(connectivity.barrier(c["error"]), 6)
+            m[f"hybrid_error_{split}"] = round(c["error"][-1], 6)
+    return out

@@ -1,0 +1,46 @@
+"""layerwise: each layer's barrier with only that layer interpolated (mean over the twin pairs)
+-> reports/layerwise.json (metrics) and reports/layerwise.md."""
+import json
+
+import numpy as np
+
+from lmc import api, connectivity, layerwise, paths
+from lmc.device import select as select_device
+from lmc.io import write_text_atomic
+from lmc.spec import load_params
+from lmc.stage import entry
+
+
+@entry
+def main() -> None:
+    spec = load_params()
+    dev = select_device(spec)
+    runs = [api.load_run(pair=pair) for pair in range(spec.pairs)]
+    title = f"# Layerwise barriers: {spec.model} L={spec.depth} on {spec.dataset}, {spec.optimizer} lr={spec.lr:g}\n"
+    if runs[0].status != "ok":
+        write_text_atomic(paths.LAYERWISE, json.dumps({"status": runs[0].status}, indent=2) + "\n")
+        write_text_atomic(paths.LAYERWISE_SUMMARY, title + f"\n**unstable**: training {runs[0].status}.\n")
+        return
+    splits = {split: api.load_split(split) for split in paths.BETONS}
+    grid = connectivity.alpha_grid(spec.alphas)
+    per_pair = []
+    for run in runs:
+        a, b = run.a.state_dict(), run.b.state_dict()
+        curves = {split: layerwise.layerwise_curves(run.a, a, b, *tensors, spec.dataset, grid, dev)
+                  for split, tensors in splits.items()}
+        per_pair.append(layerwise.layer_metrics(curves))
+    layers = {layer: {k: round(float(np.mean([p[layer][k] for p in per_pair])), 6) for k in m}
+              for layer, m in per_pair[0].items()}
+    write_text_atomic(paths.LAYERWISE, json.dumps({"status": "ok", "pairs": spec.pairs, "layers": layers},
+                                                  indent=2) + "\n")
+    rows = [title, f"Only the named layer moves from A to B (the others stay at A); α=1 is A with B's layer. "
+            f"Error in %, mean of {spec.pairs} twin pair(s), {spec.alphas} α.", "",
+            "| layer | barrier train | barrier test | hybrid error train | hybrid error test |", "|---|---|---|---|---|"]
+    for layer, m in layers.items():
+        rows.append(f"| {layer} | {100 * m['barrier_train']:.2f} | {100 * m['barrier_test']:.2f} | "
+                    f"{100 * m['hybrid_error_train']:.2f} | {100 * m['hybrid_error_test']:.2f} |")
+    write_text_atomic(paths.LAYERWISE_SUMMARY, "\n".join(rows) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""trunk: a spawn study's shared trunk, trained once and snapshotted at every spawn_step its cells use
+-> studies/trunk/<study>/step<k>.pt.
+
+    python -m stages.trunk <study>
+"""
+import shutil
+import sys
+
+from lmc import data, device, models, studies
+from lmc.spec import SpecError
+from lmc.stage import entry
+from lmc.train import save_snapshot, train_trunks
+
+
+@entry
+def main() -> None:
+    study = sys.argv[1]
+    raw = studies.load()
+    spec, steps = studies.trunk_plan(raw, study)
+    split = data.read_split(studies.data_paths(studies.paper_dataset(raw, studies.cells(raw, study)[0]))["train"])
+    inits = [models.init_model(spec, pair).state_dict() for pair in range(spec.pairs)]
+    try:
+        snapshots = train_trunks(spec, models.build(models.arch_from_spec(spec)), inits, split, steps,
+                                 device.select(spec))
+    except FloatingPointError as err:
+        raise SpecError(f"studies: {study}'s shared trunk is unstable ({err}); its cells cannot branch, "
+                        f"change the study's settings (a lower lr, warm-up)") from None
+    out = studies.TRUNK_DIR / study
+    shutil.rmtree(out, ignore_errors=True)  # DVC removes it before a run too; this keeps no stale step
+    for step, snapshot in snapshots.items():
+        save_snapshot(studies.trunk_path(study, step), snapshot, studies.trunk_key(spec))
+    print(f"trunk {study}: {len(steps)} snapshots, steps {steps}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
