@@ -127,6 +127,7 @@ def figure(raw: dict, study: str, frame: pd.DataFrame, path, pairs: pd.DataFrame
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     import seaborn as sns
 
     fig_spec = raw["studies"][study]["figure"]
@@ -154,7 +155,11 @@ def figure(raw: dict, study: str, frame: pd.DataFrame, path, pairs: pd.DataFrame
         if numeric_x:
             sns.lineplot(data=part, x=x, y="value", marker="o", ax=ax, errorbar=errorbar, **hue_kw)
             if fig_spec.get("xscale") == "symlog":  # steps 0, 8, …, 480: spread the small ones out
-                ax.set_xscale("symlog", linthresh=min(v for v in part[x].unique() if v > 0))
+                values = sorted(part[x].unique())
+                ax.set_xscale("symlog", linthresh=min(v for v in values if v > 0))
+                ax.set_xticks(values, [f"{v:g}" for v in values])
+                ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+                ax.set_xlim(values[0], values[-1] * 1.1)
         else:
             sns.barplot(data=part, x=x, y="value", ax=ax, errorbar=errorbar, **hue_kw)
             ax.tick_params(axis="x", labelrotation=20)
