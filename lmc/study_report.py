@@ -121,8 +121,9 @@ def markdown(raw: dict, study: str, frame: pd.DataFrame) -> str:
 
 def figure(raw: dict, study: str, frame: pd.DataFrame, path, pairs: pd.DataFrame | None = None) -> None:
     """Two panels (test, train) of the study's `figure: {x, hue, y}`; x and hue are axis names or spec keys.
-    With `pairs` (pair_frame) of n > 1 pairs per cell, bars and points are the pairs' mean with the
-    Student-t 95% interval (mean ± t(0.975, n-1)·s/√n, the tables' interval)."""
+    With `pairs` (pair_frame) of n > 1 pairs in every cell, bars and points are the pairs' mean with the
+    Student-t 95% interval (mean ± t(0.975, n-1)·s/√n, the tables' interval); cells with different n get no
+    error bars (the table still has each cell's interval)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -136,9 +137,7 @@ def figure(raw: dict, study: str, frame: pd.DataFrame, path, pairs: pd.DataFrame
     x, hue, y = col(fig_spec["x"]), (col(fig_spec["hue"]) if "hue" in fig_spec else None), fig_spec["y"]
     n = pairs.groupby("cell").size() if pairs is not None and len(pairs) else pd.Series(dtype=int)
     errorbar = None
-    if len(n) and n.min() > 1:
-        if n.nunique() > 1:
-            raise ValueError(f"study {study}: cells have different numbers of pairs; the figure needs one n")
+    if len(n) and n.min() > 1 and n.nunique() == 1:  # one t quantile serves every cell only if they share n
         errorbar = ("se", float(stats.t.ppf(0.975, int(n.iloc[0]) - 1)))
         frame = pairs
     long = []

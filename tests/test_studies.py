@@ -182,3 +182,6 @@ def test_report_of_several_pairs_gives_intervals_in_the_table_and_the_figure(tmp
     study_report.figure(RAW, "table2", study_report.cell_frame(RAW, "table2"), one_pair,
                         study_report.pair_frame(RAW, "table2"))
     assert one_pair.read_bytes() != (tmp_path / "a.png").read_bytes()  # error bars drawn only with pairs
+    mixed = pd.concat([pairs, pairs[(pairs["cell"] == "sgd-hi") & (pairs["pair"] == 0)].assign(pair=3)])
+    study_report.figure(RAW, "table2", frame, tmp_path / "mixed.png", mixed)  # cells with 3 and 4 pairs
+    assert (tmp_path / "mixed.png").read_bytes() != (tmp_path / "a.png").read_bytes()
