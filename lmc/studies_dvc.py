@@ -1,8 +1,9 @@
 """studies/dvc.yaml, generated from studies/studies.yaml: `python -m lmc.studies_dvc`.
 
-Per dataset a `source-*` and a `prepare-*` stage, per study with `shared_trunk` a `trunk-*` stage, per cell one stage whose params are exactly the entries
-that define it (so editing one cell reruns only that cell), per study one `report-*` stage. Cells depend on
-the code that computes them, not on this generator, so changing how the file is written reruns nothing.
+Per dataset a `source-*` and a `prepare-*` stage, per study with `shared_trunk` a `trunk-*` stage, per cell
+one stage whose params are exactly the entries that define it (so editing one cell reruns only that cell),
+per study one `report-*` stage. Cells depend on the code that computes them, not on this generator, so
+changing how the file is written reruns nothing.
 """
 from __future__ import annotations
 
