@@ -21,7 +21,8 @@ def _layers(state: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
     depth = len({k.split(".")[1] for k in state if k.startswith("layers.")})
     if depth < 2 or set(state) != {f"layers.{i}.{p}" for i in range(depth) for p in ("weight", "bias")}:
         raise ValueError("weight matching needs an mlp or linear state with at least one hidden layer")
-    return [(state[f"layers.{i}.weight"].double(), state[f"layers.{i}.bias"].double()) for i in range(depth)]
+    return [(state[f"layers.{i}.weight"].double().cpu(), state[f"layers.{i}.bias"].double().cpu())
+            for i in range(depth)]
 
 
 def permute(state: dict, perms: list[np.ndarray]) -> dict[str, torch.Tensor]:

@@ -44,7 +44,7 @@ def interpolate_states(state_a: dict, state_b: dict, alphas) -> dict[str, torch.
         if wa.shape != wb.shape:
             raise ValueError(f"'{name}' has shape {tuple(wa.shape)} in A and {tuple(wb.shape)} in B")
         if wa.is_floating_point():
-            w = a.view(-1, *([1] * wa.dim())).to(wa.dtype)
+            w = a.view(-1, *([1] * wa.dim())).to(device=wa.device, dtype=wa.dtype)
             out[name] = (1 - w) * wa + w * wb
         elif torch.equal(wa, wb):
             out[name] = wa.expand(len(a), *wa.shape).clone()

@@ -6,6 +6,7 @@ Normalization happens in torch (`normalize`), identically for every model.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,18 +76,23 @@ def _check_file(path: Path) -> None:
         raise DataError(f"data: {path} is missing; run `dvc repro prepare` to build it")
 
 
+def split_tensors(split: Split, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split's images and labels as tensors on `device` (on the CPU they share the arrays' memory)."""
+    return torch.from_numpy(split.images).to(device or "cpu"), torch.from_numpy(split.labels).to(device or "cpu")
+
+
 class MemoryTwinLoader:
     """A split held in memory as tensors, batched in `seeds.epoch_order(order_seed, epoch, n)` order.
 
     The k-th iteration is epoch k; each batch is (uint8 images (B, H, W, C), int labels, int sample
     index), exactly the batches FFCV's loader gives in that order (`ffcv_twin_loader`, tested), without
     its per-batch decode and thread hand-off, which cost up to a third of a training step here (see
-    reports/benchmarks.md).
+    reports/benchmarks.md). `split` may also be `split_tensors(...)` on a GPU, shared by several loaders:
+    the batches are then gathered there (the sample indices stay on the CPU), with no copy per step.
     """
 
-    def __init__(self, split: Split, batch_size: int, order_seed: int):
-        self.images = torch.from_numpy(split.images)
-        self.labels = torch.from_numpy(split.labels)
+    def __init__(self, split: Split | tuple[torch.Tensor, torch.Tensor], batch_size: int, order_seed: int):
+        self.images, self.labels = split_tensors(split) if isinstance(split, Split) else split
         self.batch_size, self.order_seed, self.epoch = batch_size, order_seed, 0
 
     def __len__(self) -> int:
@@ -94,10 +100,11 @@ class MemoryTwinLoader:
 
     def __iter__(self):
         order = torch.from_numpy(seeds.epoch_order(self.order_seed, self.epoch, len(self.labels)))
+        on_device = order.to(self.images.device)  # one copy per epoch
         self.epoch += 1
         for start in range(0, len(order), self.batch_size):
-            index = order[start:start + self.batch_size]
-            yield self.images[index], self.labels[index], index
+            index = on_device[start:start + self.batch_size]
+            yield self.images[index], self.labels[index], order[start:start + self.batch_size]
 
 
 def twin_loader(path: str | Path, batch_size: int, order_seed: int) -> MemoryTwinLoader:
@@ -151,11 +158,16 @@ def read_split(path: str | Path) -> Split:
     return Split(np.concatenate(images), np.concatenate(labels))
 
 
+@functools.lru_cache(maxsize=None)
+def _channel_stats(dataset: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    # Made once per device: a fresh tensor per batch would be a host-to-GPU copy (and a sync) per step.
+    mean, std = NORMALIZATION[dataset]
+    return (torch.tensor(mean, device=device).view(1, -1, 1, 1), torch.tensor(std, device=device).view(1, -1, 1, 1))
+
+
 def normalize(images: torch.Tensor, dataset: str) -> torch.Tensor:
     """uint8 (N, H, W, C) -> float32 (N, C, H, W), standardized per channel."""
-    mean, std = NORMALIZATION[dataset]
+    mean, std = _channel_stats(dataset, images.device)
     x = images.permute(0, 3, 1, 2).float().div_(255)
-    mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
-    return (x - mean_t) / std_t
+    return (x - mean) / std
 

@@ -92,8 +92,11 @@ def train_twins(spec: Spec, model: nn.Module, loaders: list, aug_seeds: list[int
 
     Model k starts from inits[k] (default: `model`'s weights), or from `start` (a snapshot, resumed at its
     step with its optimizer state), and reads loaders[k]; with spec.augment its batches are augmented with
-    aug_seeds[k] (on the CPU, before the batch moves to the device). Training runs to the end of
+    aug_seeds[k] (where the loader keeps the split: on the device for `pair_loaders`' loaders). Training runs to the end of
     spec.epochs, or stops after `stop_step` steps. The returned state stays on the device.
+
+    Per step, the host waits for the device once (the divergence check); the epoch's loss and accuracy
+    add up on the device.
     """
     device = device or torch.device("cpu")
     if spec.augment and (aug_seeds is None or len(aug_seeds) != len(loaders)):
@@ -117,8 +120,8 @@ def train_twins(spec: Spec, model: nn.Module, loaders: list, aug_seeds: list[int
     for epoch in range(step // steps_per_epoch, spec.epochs):
         if step >= total:
             break
-        loss_sum = torch.zeros(k, dtype=torch.float64)
-        correct = torch.zeros(k, dtype=torch.long)
+        loss_sum = torch.zeros(k, dtype=torch.float64, device=device)
+        correct = torch.zeros(k, dtype=torch.long, device=device)
         seen = 0
         for loader in loaders:
             if hasattr(loader, "epoch"):
@@ -152,14 +155,15 @@ def train_twins(spec: Spec, model: nn.Module, loaders: list, aug_seeds: list[int
             opt.step()
             step += 1
             batch = y.shape[1]
-            loss_sum += losses.detach().double().cpu() * batch
-            correct += (logits.detach().argmax(-1) == y).sum(1).cpu()
+            loss_sum += losses.detach().double() * batch
+            correct += (logits.detach().argmax(-1) == y).sum(1)
             seen += batch
             if progress is not None:
                 progress.update(1)
         # The losses were finite, but the epoch's last step may still have blown the weights up.
         blown = not all(torch.isfinite(t).all() for t in state.values())
-        stats = EpochStats(epoch, (loss_sum / seen).tolist(), (correct.double() / seen).tolist(), diverged=blown)
+        stats = EpochStats(epoch, (loss_sum / seen).cpu().tolist(), (correct.double() / seen).cpu().tolist(),
+                           diverged=blown)
         result.history.append(stats)
         if on_epoch is not None:
             on_epoch(stats)
@@ -171,10 +175,13 @@ def train_twins(spec: Spec, model: nn.Module, loaders: list, aug_seeds: list[int
     return result
 
 
-def pair_loaders(spec: Spec, split: data.Split, side: str) -> tuple[list, list[int]]:
-    """For every pair, the loader and augmentation seed of its twin `side` ("a" or "b")."""
+def pair_loaders(spec: Spec, split: data.Split | tuple, side: str,
+                 device: torch.device | None = None) -> tuple[list, list[int]]:
+    """For every pair, the loader and augmentation seed of its twin `side` ("a" or "b"), all reading one copy
+    of the split on `device` (pass `data.split_tensors(...)` as `split` to share it with the other side)."""
     pair_seeds = [spec.pair_seeds(i) for i in range(spec.pairs)]
-    return ([data.MemoryTwinLoader(split, spec.batch_size, s[f"order_{side}"]) for s in pair_seeds],
+    tensors = data.split_tensors(split, device) if isinstance(split, data.Split) else split
+    return ([data.MemoryTwinLoader(tensors, spec.batch_size, s[f"order_{side}"]) for s in pair_seeds],
             [s[f"aug_{side}"] for s in pair_seeds])
 
 
@@ -185,7 +192,7 @@ def train_trunks(spec: Spec, model: nn.Module, inits: list[dict], split: data.Sp
     One run to the largest k serves every k. A trunk that diverges raises FloatingPointError: there is
     nothing to branch from.
     """
-    loaders, aug_seeds = pair_loaders(spec, split, "a")
+    loaders, aug_seeds = pair_loaders(spec, split, "a", device)
     snapshots, start = {}, None
     for k in sorted(set(steps)):
         result = train_twins(spec, model, loaders, aug_seeds, inits=inits, start=start, stop_step=k, device=device)
@@ -204,7 +211,8 @@ def train_pairs(spec: Spec, model: nn.Module, inits: list[dict], split: data.Spl
     on with its own order and augmentation from step k on. A trunk trained here that diverges is returned as
     the (diverged) result, each pair's trunk standing for both its twins.
     """
-    (loaders_a, aug_a), (loaders_b, aug_b) = pair_loaders(spec, split, "a"), pair_loaders(spec, split, "b")
+    tensors = data.split_tensors(split, kwargs.get("device"))  # one copy for both sides
+    (loaders_a, aug_a), (loaders_b, aug_b) = (pair_loaders(spec, tensors, side) for side in "ab")
     loaders = [loader for pair in zip(loaders_a, loaders_b) for loader in pair]
     aug_seeds = [seed for pair in zip(aug_a, aug_b) for seed in pair]
     if spec.spawn_step and trunk is None:
@@ -222,8 +230,8 @@ def train_pairs(spec: Spec, model: nn.Module, inits: list[dict], split: data.Spl
 
 
 def twin_state(result: TrainResult, pair: int, side: str) -> dict[str, torch.Tensor]:
-    """The weights of twin `side` ("a" or "b") of `pair` in a train_pairs result."""
-    return {k: v.detach() for k, v in unstack_state(result.state, 2 * pair + "ab".index(side)).items()}
+    """The weights of twin `side` ("a" or "b") of `pair` in a train_pairs result, on the CPU (as checkpoints)."""
+    return {k: v.detach().cpu() for k, v in unstack_state(result.state, 2 * pair + "ab".index(side)).items()}
 
 
 SNAPSHOT_FORMAT = 1

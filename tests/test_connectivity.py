@@ -108,3 +108,9 @@ def test_refined_grid_sits_around_the_highest_interior_point():
 def test_barrier_with_extra_points():
     assert connectivity.barrier([0.1, 0.2, 0.1], extra=[0.4]) == pytest.approx(0.3)
     assert connectivity.barrier([0.1, 0.2, 0.1], extra=[]) == pytest.approx(0.1)
+
+
+def test_interpolation_stays_on_the_weights_device():
+    # The α weights must follow the models' device (a GPU run passes GPU weights); "meta" stands in here.
+    state = {"w": torch.zeros(3, device="meta"), "b": torch.zeros(2, device="meta")}
+    assert all(t.device.type == "meta" for t in connectivity.interpolate_states(state, state, [0, .5, 1]).values())

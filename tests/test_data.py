@@ -57,6 +57,15 @@ def test_memory_loader_gives_exactly_the_ffcv_loaders_batches(betons):
             assert ours[0].dtype == theirs[0].dtype == torch.uint8
 
 
+def test_loaders_can_share_one_copy_of_the_split(mnist5k):
+    shared = data.split_tensors(mnist5k[0])
+    a, b = (data.MemoryTwinLoader(shared, 300, order_seed=s) for s in (7, 8))
+    assert a.images.data_ptr() == b.images.data_ptr() == mnist5k[0].images.ctypes.data  # no copy at all
+    own = data.MemoryTwinLoader(mnist5k[0], 300, order_seed=7)
+    for ours, theirs in zip(a, own, strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(ours, theirs))
+
+
 def test_twins_see_different_orders_every_epoch_and_reruns_match(betons):
     a = data.twin_loader(betons["train"], 1000, order_seed=43)
     b = data.twin_loader(betons["train"], 1000, order_seed=44)  # adjacent seeds: the seed + epoch trap
