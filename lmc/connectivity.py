@@ -61,6 +61,22 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, alpha: float) -> nn.Modu
     return out
 
 
+def _error_and_loss(logits_of, k: int, images: torch.Tensor, labels: torch.Tensor, dataset: str,
+                    batch_size: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Error and mean cross-entropy of k models on a whole split; logits_of(x) gives their (k, B, classes)."""
+    wrong = torch.zeros(k, dtype=torch.long)
+    loss = torch.zeros(k, dtype=torch.float64)
+    for start in range(0, len(labels), batch_size):
+        x = data.normalize(images[start:start + batch_size].to(device), dataset)
+        y = labels[start:start + batch_size].to(device).long()
+        logits = logits_of(x)
+        wrong += (logits.argmax(-1) != y).sum(1).cpu()
+        ce = nn.functional.cross_entropy(logits.flatten(0, 1), y.repeat(k), reduction="none")
+        loss += ce.view(k, -1).double().sum(1).cpu()
+    n = len(labels)
+    return (wrong.double() / n).numpy(), (loss / n).numpy()
+
+
 @torch.no_grad()
 def evaluate_stack(model: nn.Module, stacked: dict, images: torch.Tensor, labels: torch.Tensor,
                    dataset: str, batch_size: int = 1000, device: torch.device | None = None
@@ -69,17 +85,8 @@ def evaluate_stack(model: nn.Module, stacked: dict, images: torch.Tensor, labels
     device = device or torch.device("cpu")
     stacked = {n: t.to(device) for n, t in stacked.items()}
     k = next(iter(stacked.values())).shape[0]
-    wrong = torch.zeros(k, dtype=torch.long)
-    loss = torch.zeros(k, dtype=torch.float64)
-    for start in range(0, len(labels), batch_size):
-        x = data.normalize(images[start:start + batch_size].to(device), dataset)
-        y = labels[start:start + batch_size].to(device).long()
-        logits = stacked_forward(model, stacked, x, shared_input=True)
-        wrong += (logits.argmax(-1) != y).sum(1).cpu()
-        ce = nn.functional.cross_entropy(logits.flatten(0, 1), y.repeat(k), reduction="none")
-        loss += ce.view(k, -1).double().sum(1).cpu()
-    n = len(labels)
-    return (wrong.double() / n).numpy(), (loss / n).numpy()
+    return _error_and_loss(lambda x: stacked_forward(model, stacked, x, shared_input=True), k, images, labels,
+                           dataset, batch_size, device)
 
 
 @torch.no_grad()
@@ -101,20 +108,12 @@ def evaluate_path(model: nn.Module, state_a: dict, state_b: dict, alphas, images
     # The rest of the network needs no first-layer weights per α (missing entries fall back to the module's).
     stacked = {n: t.to(device) for n, t in stacked.items() if not n.startswith(first + ".")}
     ends = {n: t.to(device) for n, t in stack_states([state_a, state_b]).items()}
-    k = len(alphas)
-    wrong = torch.zeros(k, dtype=torch.long)
-    loss = torch.zeros(k, dtype=torch.float64)
-    for start in range(0, len(labels), batch_size):
-        x = data.normalize(images[start:start + batch_size].to(device), dataset)
-        y = labels[start:start + batch_size].to(device).long()
+
+    def logits_of(x):
         first_a, first_b = stacked_forward(model, ends, x, shared_input=True, first_only=True)
         w = torch.as_tensor(np.asarray(alphas), dtype=first_a.dtype, device=device).view(-1, *([1] * first_a.dim()))
-        logits = stacked_rest(model, stacked, (1 - w) * first_a + w * first_b)
-        wrong += (logits.argmax(-1) != y).sum(1).cpu()
-        ce = nn.functional.cross_entropy(logits.flatten(0, 1), y.repeat(k), reduction="none")
-        loss += ce.view(k, -1).double().sum(1).cpu()
-    n = len(labels)
-    return (wrong.double() / n).numpy(), (loss / n).numpy()
+        return stacked_rest(model, stacked, (1 - w) * first_a + w * first_b)
+    return _error_and_loss(logits_of, len(alphas), images, labels, dataset, batch_size, device)
 
 
 def barrier(values, extra=()) -> float:

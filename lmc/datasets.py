@@ -99,7 +99,12 @@ def read_tinyimagenet(root: Path) -> tuple[Split, Split]:
     def decode(paths: list[Path]) -> np.ndarray:
         return np.stack([np.asarray(Image.open(p).convert("RGB"), dtype=np.uint8) for p in paths])
 
-    train = [(p, label_of[w]) for w in wnids for p in sorted((base / "train" / w / "images").glob("*.JPEG"))]
+    per_class = {w: sorted((base / "train" / w / "images").glob("*.JPEG")) for w in wnids}
+    full = max(len(files) for files in per_class.values())
+    short = next((w for w in wnids if len(per_class[w]) != full), None)
+    if short:  # every class has the same count (500 in the real set): a lost folder would go unnoticed
+        raise ValueError(f"train/{short}/images holds {len(per_class[short])} images, other classes {full}")
+    train = [(p, label_of[w]) for w in wnids for p in per_class[w]]
     val = []
     for line in (base / "val" / "val_annotations.txt").read_text().splitlines():
         if line.strip():

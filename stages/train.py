@@ -19,7 +19,7 @@ def main() -> None:
     inits = [models.load_checkpoint(paths.init(pair), stage="init") for pair in range(spec.pairs)]
     train = data.read_split(paths.BETONS["train"])  # one copy in memory for every twin
     names = [f"{side}{pair}" if spec.pairs > 1 else side for pair in range(spec.pairs) for side in "ab"]
-    steps = spec.epochs * -(-len(train.labels) // spec.batch_size) - spec.spawn_step
+    steps = spec.epochs * spec.steps_per_epoch - spec.spawn_step
     with Live(str(paths.TRAIN_LIVE), dvcyaml=False, save_dvc_exp=False, report=None) as live, \
             tqdm(total=steps, desc="train twins", unit="step", disable=None) as bar:
         def log(stats):

@@ -9,7 +9,7 @@ import yaml
 from lmc import data, datasets
 
 from .conftest import run_stage
-from .fixtures import WRITERS
+from .fixtures import TINY_WNIDS, WRITERS
 
 
 
@@ -36,6 +36,16 @@ def test_tinyimagenet_labels_follow_sorted_wnids_and_grayscale_becomes_rgb(tmp_p
     assert got_train.images.shape[1:] == (64, 64, 3) and got_train.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
     gray = got_train.images[1]
     assert np.array_equal(gray[..., 0], gray[..., 1]) and np.array_equal(gray[..., 0], gray[..., 2])
+
+
+def test_tinyimagenet_with_a_class_short_of_images_is_refused(tmp_path):
+    WRITERS["tinyimagenet"](tmp_path)
+    images = sorted((tmp_path / "tiny-imagenet-200" / "train" / TINY_WNIDS[1] / "images").glob("*.JPEG"))
+    for path in images:
+        path.unlink()
+    with pytest.raises(datasets.DataError, match=rf"^dataset tinyimagenet: .*train/{TINY_WNIDS[1]}/images holds 0 "
+                                                 r"images, other classes 4\); replace it"):
+        datasets.read("tinyimagenet", tmp_path)
 
 
 def workdir(tmp_path: Path, **params) -> Path:
