@@ -4,13 +4,13 @@
     python benchmarks/throughput.py --device cuda    # one GPU; writes reports/benchmarks-cuda.md
 
 Measures (all on the bundled mnist5k, batch size 128, the default SGD settings):
-  1. twin training: lockstep twins (vmap, FFCV) vs a naive reference that trains A, then B, as ordinary
+  1. twin training: lockstep twins (vmap, the split in memory) vs a naive reference that trains A, then B, as ordinary
      nn.Modules fed by torch's DataLoader (same model, same FLOPs, same epochs): seconds per epoch of both;
   2. achieved training FLOP/s against this machine's fp32 matmul rate measured in the same run;
   3. interpolation over 11 α on train+test vs evaluating the two endpoints alone (and the naive α loop);
-  4. the share of a training step spent waiting for the FFCV loader;
+  4. the share of a training step spent waiting for data: in memory, and (CPU) streamed by FFCV's loader;
   5. K twin pairs in one batched model: seconds per epoch per pair as K grows;
-  6. a profile of one pipeline epoch (top operators by self CPU time).
+  6. a profile of one pipeline epoch (top operators by self CPU time; on a GPU also by self CUDA time).
 On a GPU, also the paper-scale minimal model: MNIST's size (60,000 train images: mnist5k's 4,000 repeated
 15 times, since only the subset is bundled; the time does not depend on the pixels) at the Toeplitz width,
 with the GPU's utilization sampled through NVML. FFCV is not installed on the GPU machine, so the FFCV
@@ -21,10 +21,10 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import threading
 import os
 import platform
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -254,7 +254,7 @@ def paper_scale(spec: Spec, rate: float, lines: list[str]) -> None:
               f"| GFLOP/s (of the fp32 matmul rate) | {flops / ours:.0f} ({flops / ours / rate:.0%}) | "
               f"{8 * flops / eight:.0f} ({8 * flops / eight / rate:.0%}) | "
               f"{flops / naive:.0f} ({flops / naive / rate:.0%}) |",
-              f"| GPU utilization (NVML, epochs 1-3) | {util.mean:.0%} | {util_8.mean:.0%} | |",
+              f"| GPU utilization (NVML, all epochs) | {util.mean:.0%} | {util_8.mean:.0%} | |",
               f"| loader wait | {wait:.1%} | | |",
               "", "Where the time goes: the first 200 steps of a pipeline epoch at this scale "
               "(torch.profiler, by self CPU time, then by self CUDA time):", "", "```", profile_epoch(spec, full, steps=200), "```"]
