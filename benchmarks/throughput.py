@@ -122,7 +122,7 @@ def ffcv_loaders(batch_size: int, seed: int):
 
 
 def pipeline_epoch(spec: Spec, make_loader, pairs: int = 1, timed: bool = False) -> tuple[float, float]:
-    """Seconds per epoch (mean after the first) of `pairs` twin pairs in lockstep, and the loader-wait share."""
+    """Seconds per epoch (median after the first) of `pairs` twin pairs in lockstep, and the loader-wait share."""
     model = models.init_model(spec)
     seeds = [spec.order_seed_a + i for i in range(2 * pairs)]
     loaders = [make_loader(spec.batch_size, s) for s in seeds]
@@ -228,6 +228,10 @@ class Utilization:
     def __exit__(self, *exc):
         self.stop.set()
         self.thread.join()
+        if self.samples:
+            import pynvml
+
+            pynvml.nvmlShutdown()
 
     @property
     def mean(self) -> float:
@@ -245,6 +249,7 @@ def paper_scale(spec: Spec, rate: float, lines: list[str]) -> None:
         eight, _ = pipeline_epoch(spec, memory_loaders(full), pairs=8)
     naive = naive_epoch(spec, full)
     flops = 2 * train_flops(spec, len(full.labels)) / 1e9
+    start = len(lines)
     lines += ["", f"## Paper scale on the GPU: the minimal model (MLP, Toeplitz width "
               f"{models.arch_from_spec(spec)['width']}) on 60,000 images, batch 128, twins", "",
               "| | pipeline, 1 pair | pipeline, 8 pairs | naive (A then B, DataLoader), 1 pair |",
@@ -258,7 +263,7 @@ def paper_scale(spec: Spec, rate: float, lines: list[str]) -> None:
               f"| loader wait | {wait:.1%} | | |",
               "", "Where the time goes: the first 200 steps of a pipeline epoch at this scale "
               "(torch.profiler, by self CPU time, then by self CUDA time):", "", "```", profile_epoch(spec, full, steps=200), "```"]
-    print("\n".join(lines[-15:-6]), flush=True)
+    print("\n".join(lines[start:start + 10]), flush=True)
 
 
 def cpu_vs_gpu(lines: list[str]) -> None:
