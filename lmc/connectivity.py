@@ -63,18 +63,19 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, alpha: float) -> nn.Modu
 
 def _error_and_loss(logits_of, k: int, images: torch.Tensor, labels: torch.Tensor, dataset: str,
                     batch_size: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """Error and mean cross-entropy of k models on a whole split; logits_of(x) gives their (k, B, classes)."""
-    wrong = torch.zeros(k, dtype=torch.long)
-    loss = torch.zeros(k, dtype=torch.float64)
+    """Error and mean cross-entropy of k models on a whole split; logits_of(x) gives their (k, B, classes).
+    The sums stay on the device until the end: the host does not wait for it batch by batch."""
+    wrong = torch.zeros(k, dtype=torch.long, device=device)
+    loss = torch.zeros(k, dtype=torch.float64, device=device)
     for start in range(0, len(labels), batch_size):
         x = data.normalize(images[start:start + batch_size].to(device), dataset)
         y = labels[start:start + batch_size].to(device).long()
         logits = logits_of(x)
-        wrong += (logits.argmax(-1) != y).sum(1).cpu()
+        wrong += (logits.argmax(-1) != y).sum(1)
         ce = nn.functional.cross_entropy(logits.flatten(0, 1), y.repeat(k), reduction="none")
-        loss += ce.view(k, -1).double().sum(1).cpu()
+        loss += ce.view(k, -1).double().sum(1)
     n = len(labels)
-    return (wrong.double() / n).numpy(), (loss / n).numpy()
+    return (wrong.double() / n).cpu().numpy(), (loss / n).cpu().numpy()
 
 
 @torch.no_grad()
@@ -108,10 +109,11 @@ def evaluate_path(model: nn.Module, state_a: dict, state_b: dict, alphas, images
     # The rest of the network needs no first-layer weights per α (missing entries fall back to the module's).
     stacked = {n: t.to(device) for n, t in stacked.items() if not n.startswith(first + ".")}
     ends = {n: t.to(device) for n, t in stack_states([state_a, state_b]).items()}
+    weights = torch.as_tensor(np.asarray(alphas), dtype=torch.float32, device=device)  # once, not per batch
 
     def logits_of(x):
         first_a, first_b = stacked_forward(model, ends, x, shared_input=True, first_only=True)
-        w = torch.as_tensor(np.asarray(alphas), dtype=first_a.dtype, device=device).view(-1, *([1] * first_a.dim()))
+        w = weights.to(first_a.dtype).view(-1, *([1] * first_a.dim()))
         return stacked_rest(model, stacked, (1 - w) * first_a + w * first_b)
     return _error_and_loss(logits_of, len(alphas), images, labels, dataset, batch_size, device)
 

@@ -76,9 +76,13 @@ def _check_file(path: Path) -> None:
         raise DataError(f"data: {path} is missing; run `dvc repro prepare` to build it")
 
 
-def split_tensors(split: Split, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The split's images and labels as tensors on `device` (on the CPU they share the arrays' memory)."""
-    return torch.from_numpy(split.images).to(device or "cpu"), torch.from_numpy(split.labels).to(device or "cpu")
+def split_tensors(split: Split | tuple[torch.Tensor, torch.Tensor],
+                  device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Split's images and labels as tensors (sharing the arrays' memory), or an (images, labels) pair as it
+    is; moved to `device` when one is given."""
+    images, labels = (torch.from_numpy(split.images), torch.from_numpy(split.labels)) if isinstance(split, Split) \
+        else split
+    return (images, labels) if device is None else (images.to(device), labels.to(device))
 
 
 class MemoryTwinLoader:
@@ -92,7 +96,7 @@ class MemoryTwinLoader:
     """
 
     def __init__(self, split: Split | tuple[torch.Tensor, torch.Tensor], batch_size: int, order_seed: int):
-        self.images, self.labels = split_tensors(split) if isinstance(split, Split) else split
+        self.images, self.labels = split_tensors(split)
         self.batch_size, self.order_seed, self.epoch = batch_size, order_seed, 0
 
     def __len__(self) -> int:

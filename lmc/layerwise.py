@@ -31,9 +31,10 @@ def _in_layer(key: str, layer: str) -> bool:
 
 def layer_path_states(state_a: dict, state_b: dict, layer: str, alphas) -> dict[str, torch.Tensor]:
     """The stacked states Θ_l(α) for every α: layer `layer` interpolated, every other entry at A."""
-    path = connectivity.interpolate_states(state_a, state_b, alphas)
+    moving = [n for n in state_a if _in_layer(n, layer)]  # only this layer's entries are interpolated
+    path = connectivity.interpolate_states({n: state_a[n] for n in moving}, {n: state_b[n] for n in moving}, alphas)
     k = len(alphas)
-    return {n: (path[n] if _in_layer(n, layer) else t.expand(k, *t.shape).clone()) for n, t in state_a.items()}
+    return {n: (path[n] if n in path else t.expand(k, *t.shape).clone()) for n, t in state_a.items()}
 
 
 def layerwise_curves(model: nn.Module, state_a: dict, state_b: dict, images: torch.Tensor, labels: torch.Tensor,

@@ -95,8 +95,9 @@ def train_twins(spec: Spec, model: nn.Module, loaders: list, aug_seeds: list[int
     aug_seeds[k] (where the loader keeps the split: on the device for `pair_loaders`' loaders). Training runs to the end of
     spec.epochs, or stops after `stop_step` steps. The returned state stays on the device.
 
-    Per step, the host waits for the device once (the divergence check); the epoch's loss and accuracy
-    add up on the device.
+    Per step, the host waits for the device once (the divergence check), and with augmentation once more per
+    model (its random draws are made on the CPU, then copied); the epoch's loss and accuracy add up on the
+    device.
     """
     device = device or torch.device("cpu")
     if spec.augment and (aug_seeds is None or len(aug_seeds) != len(loaders)):
@@ -180,7 +181,7 @@ def pair_loaders(spec: Spec, split: data.Split | tuple, side: str,
     """For every pair, the loader and augmentation seed of its twin `side` ("a" or "b"), all reading one copy
     of the split on `device` (pass `data.split_tensors(...)` as `split` to share it with the other side)."""
     pair_seeds = [spec.pair_seeds(i) for i in range(spec.pairs)]
-    tensors = data.split_tensors(split, device) if isinstance(split, data.Split) else split
+    tensors = data.split_tensors(split, device)
     return ([data.MemoryTwinLoader(tensors, spec.batch_size, s[f"order_{side}"]) for s in pair_seeds],
             [s[f"aug_{side}"] for s in pair_seeds])
 
