@@ -46,25 +46,29 @@ def load_split(split: str = "test", root: str | Path = ".") -> tuple[torch.Tenso
 
 
 def split_curves(model: nn.Module, state_a: dict, state_b: dict, images: torch.Tensor, labels: torch.Tensor,
-                 dataset: str, alphas: int = 11, refine: int = 0, device: torch.device | None = None) -> dict:
+                 dataset: str, alphas: int = 11, refine: int = 0, device: torch.device | None = None,
+                 progress=None) -> dict:
     """Error and loss of Θ(α) at `alphas` equidistant points (all α in one batched pass), and with refine > 0
-    at 2·refine more points around the error curve's highest interior point ("refined", see refine_grid)."""
+    at 2·refine more points around the error curve's highest interior point ("refined", see refine_grid).
+    `progress` (a tqdm, or anything with update(n)) advances by one per evaluation batch."""
     grid = connectivity.alpha_grid(alphas)
-    error, loss = connectivity.evaluate_path(model, state_a, state_b, grid, images, labels, dataset, device=device)
+    error, loss = connectivity.evaluate_path(model, state_a, state_b, grid, images, labels, dataset, device=device,
+                                             progress=progress)
     out = {"alpha": grid.tolist(), "error": error.tolist(), "loss": loss.tolist()}
     fine = connectivity.refine_grid(grid, error, refine)
     if len(fine):
         f_error, f_loss = connectivity.evaluate_path(model, state_a, state_b, fine, images, labels, dataset,
-                                                     device=device)
+                                                     device=device, progress=progress)
         out["refined"] = {"alpha": fine.tolist(), "error": f_error.tolist(), "loss": f_loss.tolist()}
     return out
 
 
 def path_curves(model_a: nn.Module, model_b: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                dataset: str, alphas: int = 11, device: torch.device | None = None, refine: int = 0) -> dict:
+                dataset: str, alphas: int = 11, device: torch.device | None = None, refine: int = 0,
+                progress=None) -> dict:
     """`split_curves` between two modules."""
     return split_curves(model_a, model_a.state_dict(), model_b.state_dict(), images, labels, dataset, alphas,
-                        refine, device)
+                        refine, device, progress)
 
 
 def barriers(model_a: nn.Module, model_b: nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -76,7 +80,7 @@ def barriers(model_a: nn.Module, model_b: nn.Module, images: torch.Tensor, label
 
 
 def pair_curves(spec: Spec, model: nn.Module, state_a: dict, state_b: dict, splits: dict,
-                device: torch.device | None = None) -> dict:
+                device: torch.device | None = None, progress=None) -> dict:
     """The curves between two models on every split ({name: (images, labels)}); with spec.align, B is first
     permuted onto A."""
     if spec.align == "weight_matching":
@@ -84,7 +88,7 @@ def pair_curves(spec: Spec, model: nn.Module, state_a: dict, state_b: dict, spli
     out = {}
     for split, (images, labels) in splits.items():
         c = split_curves(model, state_a, state_b, images, labels, spec.dataset, spec.alphas, spec.refine_alphas,
-                         device)
+                         device, progress)
         out[f"{split}_error"], out[f"{split}_loss"] = c["error"], c["loss"]
         if "refined" in c:
             out[f"{split}_refined"] = c["refined"]
@@ -92,14 +96,30 @@ def pair_curves(spec: Spec, model: nn.Module, state_a: dict, state_b: dict, spli
 
 
 def experiment_curves(spec: Spec, model: nn.Module, twins: list[tuple[dict, dict]], splits: dict,
-                      device: torch.device | None = None) -> dict:
+                      device: torch.device | None = None, progress=None) -> dict:
     """What data/interpolation.json holds: the curves of every twin pair, and with two pairs or more the
-    curves between A of pair 0 and A of pair 1 ("cross_init": two different Θ0, where alignment matters)."""
+    curves between A of pair 0 and A of pair 1 ("cross_init": two different Θ0, where alignment matters).
+    `progress` advances by one per evaluation batch, `curve_batches(spec, ...)` in all."""
     curves = {"alpha": connectivity.alpha_grid(spec.alphas).tolist(), "status": "ok",
-              "pairs": [pair_curves(spec, model, a, b, splits, device) for a, b in twins]}
+              "pairs": [pair_curves(spec, model, a, b, splits, device, progress) for a, b in twins]}
     if len(twins) >= 2:
-        curves["cross_init"] = pair_curves(spec, model, twins[0][0], twins[1][0], splits, device)
+        curves["cross_init"] = pair_curves(spec, model, twins[0][0], twins[1][0], splits, device, progress)
     return curves
+
+
+def curve_batches(spec: Spec, sizes: dict[str, int] | None = None) -> int:
+    """The evaluation batches `experiment_curves` runs for spec.pairs pairs on splits of these sizes
+    ({split: images}; default: the spec's dataset's train and test splits): a progress bar's total."""
+    sizes = sizes or {split: spec.data[split] for split in paths.BETONS}
+    paths_evaluated = spec.pairs + (spec.pairs >= 2)  # every pair, and cross_init
+    refined = spec.refine_alphas > 0 and spec.alphas >= 3  # a second pass over the refined α
+    return paths_evaluated * (1 + refined) * sum(connectivity.eval_batches(n) for n in sizes.values())
+
+
+def experiment_work(spec: Spec, sizes: dict[str, int] | None = None) -> int:
+    """The units `run_experiment` advances its `progress` by: training steps after spawn_step, then evaluation
+    batches (`curve_batches`). A run that diverges stops short of it."""
+    return spec.epochs * spec.steps_per_epoch - spec.spawn_step + curve_batches(spec, sizes)
 
 
 def run_experiment(spec: Spec, train_path: str | Path, test_path: str | Path, progress=None,
@@ -107,7 +127,8 @@ def run_experiment(spec: Spec, train_path: str | Path, test_path: str | Path, pr
     """Θ0, the twin pairs and the interpolation on both splits, in one process (what the studies' cells run;
     the default pipeline runs the same steps as separate stages). With spawn_step, `trunk` is the trunk's
     snapshot at that step (trained here if None). Returns status, metrics, curves and the per-epoch history;
-    the bytes of its JSON are a pure function of the spec, the data (and the trunk)."""
+    the bytes of its JSON are a pure function of the spec, the data (and the trunk). `progress` (a tqdm, or
+    anything with update(n)) advances by one per training step, then per evaluation batch: `experiment_work`."""
     device = select_device(spec)
     inits = [models.init_model(spec, i).state_dict() for i in range(spec.pairs)]  # on the CPU: Θ0 is device-free
     model = models.build(models.arch_from_spec(spec))
@@ -118,7 +139,7 @@ def run_experiment(spec: Spec, train_path: str | Path, test_path: str | Path, pr
         twins = [(twin_state(result, i, "a"), twin_state(result, i, "b")) for i in range(spec.pairs)]
         splits = {split: (torch.from_numpy(s.images), torch.from_numpy(s.labels))
                   for split, s in (("train", train), ("test", data.read_split(test_path)))}
-        curves = experiment_curves(spec, model, twins, splits, device)
+        curves = experiment_curves(spec, model, twins, splits, device, progress)
     history = [{"epoch": h.epoch, "loss": h.loss, "acc": h.acc, "diverged": h.diverged} for h in result.history]
     return {"status": result.status, "diverged_epoch": result.diverged_epoch,
             "metrics": report.metrics_from_curves(curves), "curves": curves, "history": history}

@@ -16,6 +16,14 @@ from . import data
 from .models import stack_states, stacked_forward, stacked_rest
 
 
+EVAL_BATCH = 1000  # images per evaluation batch
+
+
+def eval_batches(n: int, batch_size: int = EVAL_BATCH) -> int:
+    """How many batches one evaluation of a split of n images takes (the unit `progress` counts)."""
+    return -(-n // batch_size)
+
+
 def alpha_grid(points: int) -> np.ndarray:
     """`points` equidistant α on [0, 1], both endpoints included (11 points: 0, 0.1, …, 1)."""
     return np.linspace(0.0, 1.0, points)
@@ -62,9 +70,10 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, alpha: float) -> nn.Modu
 
 
 def _error_and_loss(logits_of, k: int, images: torch.Tensor, labels: torch.Tensor, dataset: str,
-                    batch_size: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+                    batch_size: int, device: torch.device, progress=None) -> tuple[np.ndarray, np.ndarray]:
     """Error and mean cross-entropy of k models on a whole split; logits_of(x) gives their (k, B, classes).
-    The sums stay on the device until the end: the host does not wait for it batch by batch."""
+    The sums stay on the device until the end: the host does not wait for it batch by batch. `progress`
+    (a tqdm, or anything with update(n)) is advanced by one per batch."""
     wrong = torch.zeros(k, dtype=torch.long, device=device)
     loss = torch.zeros(k, dtype=torch.float64, device=device)
     for start in range(0, len(labels), batch_size):
@@ -74,27 +83,31 @@ def _error_and_loss(logits_of, k: int, images: torch.Tensor, labels: torch.Tenso
         wrong += (logits.argmax(-1) != y).sum(1)
         ce = nn.functional.cross_entropy(logits.flatten(0, 1), y.repeat(k), reduction="none")
         loss += ce.view(k, -1).double().sum(1)
+        if progress is not None:
+            progress.update(1)
     n = len(labels)
     return (wrong.double() / n).cpu().numpy(), (loss / n).cpu().numpy()
 
 
 @torch.no_grad()
 def evaluate_stack(model: nn.Module, stacked: dict, images: torch.Tensor, labels: torch.Tensor,
-                   dataset: str, batch_size: int = 1000, device: torch.device | None = None
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Error (1 - accuracy) and mean cross-entropy of every model in the stack on a whole split."""
+                   dataset: str, batch_size: int = EVAL_BATCH, device: torch.device | None = None,
+                   progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """Error (1 - accuracy) and mean cross-entropy of every model in the stack on a whole split; `progress`
+    advances by one per batch (`eval_batches`)."""
     device = device or torch.device("cpu")
     stacked = {n: t.to(device) for n, t in stacked.items()}
     k = next(iter(stacked.values())).shape[0]
     return _error_and_loss(lambda x: stacked_forward(model, stacked, x, shared_input=True), k, images, labels,
-                           dataset, batch_size, device)
+                           dataset, batch_size, device, progress)
 
 
 @torch.no_grad()
 def evaluate_path(model: nn.Module, state_a: dict, state_b: dict, alphas, images: torch.Tensor,
-                  labels: torch.Tensor, dataset: str, batch_size: int = 1000,
-                  device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Error and mean cross-entropy of Θ(α) for every α, on a whole split.
+                  labels: torch.Tensor, dataset: str, batch_size: int = EVAL_BATCH,
+                  device: torch.device | None = None, progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """Error and mean cross-entropy of Θ(α) for every α, on a whole split; `progress` advances by one per
+    batch (`eval_batches`).
 
     Where the model's first layer is linear in its own parameters (MLP, linear, CNN, LC-CNN), its output at
     Θ(α) is (1-α)·out_A + α·out_B exactly (up to float rounding), so it is computed for A and B only and
@@ -105,7 +118,7 @@ def evaluate_path(model: nn.Module, state_a: dict, state_b: dict, alphas, images
     stacked = interpolate_states(state_a, state_b, alphas)
     first = getattr(model, "first_layer", None)
     if first is None:
-        return evaluate_stack(model, stacked, images, labels, dataset, batch_size, device)
+        return evaluate_stack(model, stacked, images, labels, dataset, batch_size, device, progress)
     # The rest of the network needs no first-layer weights per α (missing entries fall back to the module's).
     stacked = {n: t.to(device) for n, t in stacked.items() if not n.startswith(first + ".")}
     ends = {n: t.to(device) for n, t in stack_states([state_a, state_b]).items()}
@@ -115,7 +128,7 @@ def evaluate_path(model: nn.Module, state_a: dict, state_b: dict, alphas, images
         first_a, first_b = stacked_forward(model, ends, x, shared_input=True, first_only=True)
         w = weights.to(first_a.dtype).view(-1, *([1] * first_a.dim()))
         return stacked_rest(model, stacked, (1 - w) * first_a + w * first_b)
-    return _error_and_loss(logits_of, len(alphas), images, labels, dataset, batch_size, device)
+    return _error_and_loss(logits_of, len(alphas), images, labels, dataset, batch_size, device, progress)
 
 
 def barrier(values, extra=()) -> float:

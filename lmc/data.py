@@ -50,15 +50,37 @@ class _Records:
         return self.split.images[i], int(self.split.labels[i]), i
 
 
-def write_beton(split: Split, path: str | Path) -> None:
-    """Write `split` to `path` atomically: a crash leaves no file under the final name."""
+class _WriterProgress:
+    """Stands in for FFCV's writer's own tqdm bar, which it shows even off a terminal: forwards its counts to
+    `progress` (if any) and draws nothing itself."""
+
+    def __init__(self, progress):
+        self.progress = progress
+
+    def __call__(self, *args, **kwargs):  # FFCV calls tqdm(total=n)
+        return self
+
+    def update(self, n: int = 1) -> None:
+        if self.progress is not None:
+            self.progress.update(n)
+
+    def close(self) -> None:
+        pass
+
+
+def write_beton(split: Split, path: str | Path, progress=None) -> None:
+    """Write `split` to `path` atomically: a crash leaves no file under the final name. `progress` (a tqdm, or
+    anything with update(n)) advances by one per record written."""
+    from unittest import mock
+
+    import ffcv.writer
     from ffcv.fields import IntField, NDArrayField
     from ffcv.writer import DatasetWriter
 
     fields = {"image": NDArrayField(np.dtype("uint8"), split.images.shape[1:]),
               "label": IntField(), "index": IntField()}
     # One worker: page layout, hence the file's bytes, must not depend on scheduling.
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, mock.patch.object(ffcv.writer, "tqdm", _WriterProgress(progress)):
         DatasetWriter(str(tmp), fields, num_workers=1).from_indexed_dataset(_Records(split))
 
 

@@ -38,8 +38,9 @@ def layer_path_states(state_a: dict, state_b: dict, layer: str, alphas) -> dict[
 
 
 def layerwise_curves(model: nn.Module, state_a: dict, state_b: dict, images: torch.Tensor, labels: torch.Tensor,
-                     dataset: str, alphas, device: torch.device | None = None) -> dict[str, dict]:
-    """{layer: {"error": [...], "loss": [...]}} along each layer's path, every layer's α in batched passes."""
+                     dataset: str, alphas, device: torch.device | None = None, progress=None) -> dict[str, dict]:
+    """{layer: {"error": [...], "loss": [...]}} along each layer's path, every layer's α in batched passes.
+    `progress` (a tqdm, or anything with update(n)) advances by one per evaluation batch: `layerwise_batches`."""
     names = layer_names(state_a)
     stacks = [layer_path_states(state_a, state_b, name, alphas) for name in names]
     stacked = {n: torch.cat([s[n] for s in stacks]) for n in state_a}
@@ -47,12 +48,17 @@ def layerwise_curves(model: nn.Module, state_a: dict, state_b: dict, images: tor
     errors, losses = [], []
     for start in range(0, total, EVAL_STACK):
         chunk = {n: t[start:start + EVAL_STACK] for n, t in stacked.items()}
-        e, l = connectivity.evaluate_stack(model, chunk, images, labels, dataset, device=device)
+        e, l = connectivity.evaluate_stack(model, chunk, images, labels, dataset, device=device, progress=progress)
         errors.append(e)
         losses.append(l)
     error = np.concatenate(errors).reshape(len(names), len(alphas))
     loss = np.concatenate(losses).reshape(len(names), len(alphas))
     return {name: {"error": error[i].tolist(), "loss": loss[i].tolist()} for i, name in enumerate(names)}
+
+
+def layerwise_batches(state: dict, alphas: int, n: int) -> int:
+    """The evaluation batches `layerwise_curves` runs for a model with this state, `alphas` α, n images."""
+    return -(-len(layer_names(state)) * alphas // EVAL_STACK) * connectivity.eval_batches(n)
 
 
 def layer_metrics(curves_by_split: dict[str, dict[str, dict]]) -> dict[str, dict]:

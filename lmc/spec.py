@@ -175,9 +175,11 @@ def load_params(path: str | Path = PARAMS_FILE) -> Spec:
     return spec_from_dict(raw or {})
 
 
-def describe() -> str:
-    """A markdown table of every key, its default and its meaning (used by the README)."""
+def describe(spec: Spec | None = None) -> str:
+    """A markdown table of every key, its value in `spec` (default: Spec's own defaults) and its meaning; the
+    README's is `describe(load_params())`, params.yaml's values being the pipeline's defaults."""
+    spec = spec or Spec()
     rows = ["| key | default | meaning |", "|---|---|---|"]
     for f in dataclasses.fields(Spec):
-        rows.append(f"| `{f.name}` | `{f.default}` | {f.metadata['help']} |")
+        rows.append(f"| `{f.name}` | `{getattr(spec, f.name)}` | {f.metadata['help']} |")
     return "\n".join(rows)

@@ -22,6 +22,7 @@ from torch import nn
 from . import data
 from .augment import augment
 from .models import CheckpointError, read_payload, stack_states, stacked_forward, unstack_state, write_payload
+from .paths import repro
 from .spec import Spec
 
 
@@ -187,16 +188,17 @@ def pair_loaders(spec: Spec, split: data.Split | tuple, side: str,
 
 
 def train_trunks(spec: Spec, model: nn.Module, inits: list[dict], split: data.Split, steps: list[int],
-                 device: torch.device | None = None) -> dict[int, Snapshot]:
+                 device: torch.device | None = None, progress=None) -> dict[int, Snapshot]:
     """Every pair's trunk (from inits[i], on pair i's A stream), snapshotted after each of `steps`.
 
-    One run to the largest k serves every k. A trunk that diverges raises FloatingPointError: there is
-    nothing to branch from.
+    One run to the largest k serves every k; `progress` advances by one per step, max(steps) in all. A trunk
+    that diverges raises FloatingPointError: there is nothing to branch from.
     """
     loaders, aug_seeds = pair_loaders(spec, split, "a", device)
     snapshots, start = {}, None
     for k in sorted(set(steps)):
-        result = train_twins(spec, model, loaders, aug_seeds, inits=inits, start=start, stop_step=k, device=device)
+        result = train_twins(spec, model, loaders, aug_seeds, progress, inits=inits, start=start, stop_step=k,
+                             device=device)
         if result.status != "ok":
             raise FloatingPointError(f"the trunk diverged before step {k}")
         snapshots[k] = start = result.snapshot
@@ -251,5 +253,5 @@ def load_snapshot(path, key: dict, stage: str) -> Snapshot:
     if payload["key"] != key:
         diff = sorted(k for k in set(key) | set(payload["key"]) if key.get(k) != payload["key"].get(k))
         raise CheckpointError(f"trunk snapshot {path} was trained for other settings ({', '.join(diff)}); "
-                              f"rerun `dvc repro {stage}`")
+                              f"rerun `{repro(stage)}`")
     return Snapshot(payload["step"], payload["state"], payload["optimizer"])

@@ -1,6 +1,8 @@
 """interpolate: error and loss of Θ(α) of every twin pair on both splits -> data/interpolation.json."""
 import json
 
+from tqdm import tqdm
+
 from lmc import api, connectivity, paths
 from lmc.device import select as select_device
 from lmc.io import write_text_atomic
@@ -17,7 +19,9 @@ def main() -> None:
     if runs[0].status == "ok":
         splits = {split: api.load_split(split) for split in paths.BETONS}
         twins = [(run.a.state_dict(), run.b.state_dict()) for run in runs]
-        curves = api.experiment_curves(spec, runs[0].a, twins, splits, dev)
+        total = api.curve_batches(spec, {split: len(labels) for split, (_, labels) in splits.items()})
+        with tqdm(total=total, desc="interpolate", unit="batch", disable=None) as bar:
+            curves = api.experiment_curves(spec, runs[0].a, twins, splits, dev, progress=bar)
     write_text_atomic(paths.CURVES, json.dumps(curves, indent=1) + "\n")
 
 

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+from tqdm import tqdm
 
 from lmc import api, connectivity, layerwise, paths
 from lmc.device import select as select_device
@@ -24,11 +25,14 @@ def main() -> None:
     splits = {split: api.load_split(split) for split in paths.BETONS}
     grid = connectivity.alpha_grid(spec.alphas)
     per_pair = []
-    for run in runs:
-        a, b = run.a.state_dict(), run.b.state_dict()
-        curves = {split: layerwise.layerwise_curves(run.a, a, b, *tensors, spec.dataset, grid, dev)
-                  for split, tensors in splits.items()}
-        per_pair.append(layerwise.layer_metrics(curves))
+    total = len(runs) * sum(layerwise.layerwise_batches(runs[0].a.state_dict(), len(grid), len(labels))
+                            for _, labels in splits.values())
+    with tqdm(total=total, desc="layerwise", unit="batch", disable=None) as bar:
+        for run in runs:
+            a, b = run.a.state_dict(), run.b.state_dict()
+            curves = {split: layerwise.layerwise_curves(run.a, a, b, *tensors, spec.dataset, grid, dev, progress=bar)
+                      for split, tensors in splits.items()}
+            per_pair.append(layerwise.layer_metrics(curves))
     layers = {layer: {k: round(float(np.mean([p[layer][k] for p in per_pair])), 6) for k in m}
               for layer, m in per_pair[0].items()}
     write_text_atomic(paths.LAYERWISE, json.dumps({"status": "ok", "pairs": spec.pairs, "layers": layers},

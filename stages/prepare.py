@@ -2,6 +2,8 @@
 
 With `--study-dataset NAME` it serves the studies instead (studies/data/NAME/, the studies' scale).
 """
+from tqdm import tqdm
+
 from lmc import data, datasets, studies
 from lmc.spec import load_params
 from lmc.stage import entry
@@ -12,8 +14,10 @@ def main() -> None:
     spec = load_params()
     dataset, out = studies.stage_target(spec)
     train, test = datasets.read(dataset, spec.data_root)  # both read and checked before any write
-    data.write_beton(train, out["train"])
-    data.write_beton(test, out["test"])
+    with tqdm(total=len(train.labels) + len(test.labels), desc="prepare: write .beton", unit="image",
+              disable=None) as bar:
+        data.write_beton(train, out["train"], progress=bar)
+        data.write_beton(test, out["test"], progress=bar)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@
 import shutil
 import sys
 
+from tqdm import tqdm
+
 from lmc import data, device, models, studies
 from lmc.spec import SpecError
 from lmc.stage import entry
@@ -20,8 +22,9 @@ def main() -> None:
     split = data.read_split(studies.data_paths(studies.paper_dataset(raw, studies.cells(raw, study)[0]))["train"])
     inits = [models.init_model(spec, pair).state_dict() for pair in range(spec.pairs)]
     try:
-        snapshots = train_trunks(spec, models.build(models.arch_from_spec(spec)), inits, split, steps,
-                                 device.select(spec))
+        with tqdm(total=max(steps, default=0), desc=f"trunk {study}", unit="step", disable=None) as bar:
+            snapshots = train_trunks(spec, models.build(models.arch_from_spec(spec)), inits, split, steps,
+                                     device.select(spec), progress=bar)
     except FloatingPointError as err:
         raise SpecError(f"studies: {study}'s shared trunk is unstable ({err}); its cells cannot branch, "
                         f"change the study's settings (a lower lr, warm-up)") from None

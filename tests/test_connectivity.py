@@ -114,3 +114,21 @@ def test_interpolation_stays_on_the_weights_device():
     # The α weights must follow the models' device (a GPU run passes GPU weights); "meta" stands in here.
     state = {"w": torch.zeros(3, device="meta"), "b": torch.zeros(2, device="meta")}
     assert all(t.device.type == "meta" for t in connectivity.interpolate_states(state, state, [0, .5, 1]).values())
+
+
+def test_path_and_stack_evaluation_count_their_batches_and_give_the_same_bytes():
+    from .conftest import Counter, small_split
+
+    a, b = pair()
+    split = small_split(n=300)
+    images, labels = torch.from_numpy(split.images), torch.from_numpy(split.labels)
+    grid = connectivity.alpha_grid(5)
+    stacked = connectivity.interpolate_states(a.state_dict(), b.state_dict(), grid)
+    for evaluate in (lambda **kw: connectivity.evaluate_path(a, a.state_dict(), b.state_dict(), grid, images, labels,
+                                                             "mnist5k", batch_size=128, **kw),
+                     lambda **kw: connectivity.evaluate_stack(a, stacked, images, labels, "mnist5k", batch_size=128,
+                                                              **kw)):
+        counter = Counter()
+        counted = evaluate(progress=counter)
+        assert counter.n == connectivity.eval_batches(300, 128) == 3
+        assert all(x.tobytes() == y.tobytes() for x, y in zip(counted, evaluate()))

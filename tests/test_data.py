@@ -6,7 +6,7 @@ import torch
 
 from lmc import data, seeds
 
-from .conftest import small_split
+from .conftest import Counter, run_stage_stderr, shows_a_bar, small_split
 
 
 def test_mnist5k_split_is_stratified_disjoint_and_shuffled(mnist5k):
@@ -33,6 +33,25 @@ def test_beton_bytes_are_reproducible(tmp_path):
     data.write_beton(s, tmp_path / "b.beton")
     assert (tmp_path / "a.beton").read_bytes() == (tmp_path / "b.beton").read_bytes()
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_write_beton_counts_every_record_and_draws_nothing_itself(tmp_path, capfd):
+    s, counter = small_split(n=250), Counter()
+    data.write_beton(s, tmp_path / "counted.beton", progress=counter)
+    data.write_beton(s, tmp_path / "plain.beton")
+    assert counter.n == 250
+    assert (tmp_path / "counted.beton").read_bytes() == (tmp_path / "plain.beton").read_bytes()
+    assert capfd.readouterr().err == ""  # FFCV's writer's own bar (drawn even off a terminal) is gone
+
+
+def test_prepare_shows_a_bar_on_a_terminal_and_nothing_off_one(tmp_path):
+    (tmp_path / "params.yaml").write_text("dataset: mnist5k\n")
+    status, stderr = run_stage_stderr(tmp_path, "prepare", tty=True)
+    assert status == 0 and shows_a_bar(stderr) and "100%|" in stderr, stderr
+    on_terminal = (tmp_path / "data/train.beton").read_bytes()
+    status, stderr = run_stage_stderr(tmp_path, "prepare", tty=False)
+    assert status == 0 and stderr == ""
+    assert (tmp_path / "data/train.beton").read_bytes() == on_terminal
 
 
 def epoch_indices(loader):

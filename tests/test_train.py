@@ -14,6 +14,8 @@ from lmc.models import CheckpointError
 from lmc.train import (clip_per_model, load_snapshot, lr_at, make_optimizer, save_snapshot, train_pairs,
                        train_trunks, train_twins, twin_state)
 
+from .conftest import Counter
+
 
 def twin_loaders(betons, spec):
     return [data.twin_loader(betons["train"], spec.batch_size, s) for s in (spec.order_seed_a, spec.order_seed_b)]
@@ -164,7 +166,9 @@ def test_trunk_snapshots_serve_every_k_with_the_same_bytes(betons, tiny_spec, tm
     split = data.read_split(betons["train"])
     model = models.build(models.arch_from_spec(spec))
     inits = [models.init_model(spec, i).state_dict() for i in range(2)]
-    snapshots = train_trunks(spec, model, inits, split, [3, 11])  # one run, stopped twice
+    counter = Counter()
+    snapshots = train_trunks(spec, model, inits, split, [3, 11], progress=counter)  # one run, stopped twice
+    assert counter.n == 11  # a progress bar's total: the largest k
     for k in (3, 11):
         path = tmp_path / f"step{k}.pt"
         save_snapshot(path, snapshots[k], {"k": "v"})
