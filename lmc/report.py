@@ -20,6 +20,15 @@ METRIC_KEYS = (PAIR_KEYS + ("pairs",) + tuple(f"{k}_{end}" for k in INTERVAL_KEY
                + ("barrier_train_cross_init", "barrier_test_cross_init", "status"))
 
 
+# What `dvc exp show` puts first (reports/metrics.json's order): the comparison, then the rest in METRIC_KEYS.
+SHOWN_FIRST = ("barrier_test", "barrier_train", "acc_test_a", "acc_test_b", "acc_train_a", "acc_train_b", "status")
+
+
+def shown_first(metrics: dict) -> dict:
+    """`metrics` with the SHOWN_FIRST keys first (the study cells keep METRIC_KEYS' order)."""
+    return {**{k: metrics[k] for k in SHOWN_FIRST}, **{k: v for k, v in metrics.items() if k not in SHOWN_FIRST}}
+
+
 def pair_metrics(curves: dict, alphas) -> dict:
     """The barriers and accuracies of one pair's curves (fractions). The *_refined barriers take the refined
     points in too (equal to the grid's barrier when there are none); peak_alpha is where the error peaks."""
@@ -71,6 +80,14 @@ def curves_frame(curves: dict) -> pd.DataFrame:
     pairs = curves.get("pairs", [{}])
     means = {c: np.mean([p[c] for p in pairs], axis=0) if c in pairs[0] else float("nan") for c in cols}
     return pd.DataFrame({"alpha": curves["alpha"], **means})
+
+
+def pair_curves_frame(curves: dict) -> pd.DataFrame:
+    """Long form for `dvc plots show`, one row per (pair, split, α) of the grid: alpha, pair, split, error,
+    loss; one fixed plot definition draws every pair whatever `pairs` is. Empty where diverged."""
+    rows = [(a, i, split, e, l) for i, pair in enumerate(curves.get("pairs", [])) for split in SPLITS
+            for a, e, l in zip(curves["alpha"], pair[f"{split}_error"], pair[f"{split}_loss"])]
+    return pd.DataFrame(rows, columns=["alpha", "pair", "split", "error", "loss"])
 
 
 def pairs_frame(curves: dict) -> pd.DataFrame:

@@ -14,8 +14,10 @@ def main() -> None:
     metrics = report.metrics_from_curves(curves)
     frame = report.curves_frame(curves)
     title = f"{spec.model} L={spec.depth} on {spec.dataset}, {spec.optimizer} lr={spec.lr:g}"
-    write_text_atomic(paths.METRICS, json.dumps(metrics, indent=2) + "\n")
+    write_text_atomic(paths.METRICS, json.dumps(report.shown_first(metrics), indent=2) + "\n")
     write_text_atomic(paths.CURVE_CSV, frame.to_csv(index=False, float_format="%.6f"))
+    pair_frame = report.pair_curves_frame(curves)
+    write_text_atomic(paths.PAIR_CURVE_CSV, pair_frame.to_csv(index=False, float_format="%.6f"))
     write_text_atomic(paths.SUMMARY, report.summary_markdown(metrics, title))
     report.error_figure(curves, title, paths.FIGURE)
 

@@ -7,6 +7,7 @@ from dvclive import Live
 from tqdm import tqdm
 
 from lmc import data, device, models, paths
+from lmc.io import write_text_atomic
 from lmc.spec import load_params
 from lmc.stage import entry
 from lmc.train import train_pairs, twin_state
@@ -20,10 +21,13 @@ def main() -> None:
     train = data.read_split(paths.BETONS["train"])  # one copy in memory for every twin
     names = [f"{side}{pair}" if spec.pairs > 1 else side for pair in range(spec.pairs) for side in "ab"]
     steps = spec.epochs * spec.steps_per_epoch - spec.spawn_step
+    rows = ["epoch,pair,twin,loss,accuracy"]  # long form: `dvc plots show` overlays every twin, whatever `pairs` is
     with Live(str(paths.TRAIN_LIVE), dvcyaml=False, save_dvc_exp=False, report=None) as live, \
             tqdm(total=steps, desc="train twins", unit="step", disable=None) as bar:
         def log(stats):
             for i, twin in enumerate(names):
+                if math.isfinite(stats.loss[i]) and math.isfinite(stats.acc[i]):
+                    rows.append(f"{stats.epoch + 1},{i // 2},{'AB'[i % 2]},{stats.loss[i]:.6g},{stats.acc[i]:.6g}")
                 for name, value in ((f"loss_{twin}", stats.loss[i]), (f"acc_{twin}", stats.acc[i])):
                     if math.isfinite(value):  # a diverged epoch logs only the flag below
                         live.log_metric(name, value)
@@ -32,6 +36,7 @@ def main() -> None:
             bar.set_postfix_str(f"epoch {stats.epoch + 1} loss {stats.loss[0]:.3f}|{stats.loss[1]:.3f}")
         result = train_pairs(spec, inits[0].model, [c.model.state_dict() for c in inits], train, progress=bar,
                              on_epoch=log, device=dev)
+    write_text_atomic(paths.TRAIN_CSV, "\n".join(rows) + "\n")
     if result.status != "ok":
         print(f"train: a twin diverged in epoch {result.diverged_epoch + 1}; "
               f"the report will show this run as unstable", file=sys.stderr)

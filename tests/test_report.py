@@ -30,6 +30,15 @@ def test_diverged_run_has_null_barriers_and_is_shown_unstable():
     assert report.curves_frame({"alpha": [0.0, 1.0], "status": "diverged"})["test_error"].isna().all()
 
 
+def test_pair_curves_are_long_form_one_row_per_pair_split_and_alpha():
+    second = {k: [v + 0.01 for v in vals] for k, vals in PAIR.items()}
+    frame = report.pair_curves_frame({**CURVES, "pairs": [PAIR, second]})
+    assert list(frame.columns) == ["alpha", "pair", "split", "error", "loss"] and len(frame) == 2 * 2 * 3
+    row = frame[(frame["pair"] == 1) & (frame["split"] == "test") & (frame["alpha"] == 0.5)]
+    assert row["error"].item() == pytest.approx(0.21) and row["loss"].item() == pytest.approx(0.91)
+    assert report.pair_curves_frame({"alpha": [0.0, 1.0], "status": "diverged"}).empty
+
+
 def test_summary_states_the_verdict():
     text = report.summary_markdown(report.metrics_from_curves(CURVES), "t")
     assert "NOT linearly mode-connected" in text and "| error barrier (%) | 9.00 | 14.00 |" in text
