@@ -6,16 +6,24 @@ BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
 # What FFCV compiles against when pip builds it from source.
 APT_PACKAGES := pkg-config libopencv-dev libturbojpeg0-dev
+# What only the tests need: a real single-node SLURM (the dispatcher's tests) and a browser (`dvc plots show`).
+TEST_APT_PACKAGES := slurm-wlm munge chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUN := PATH="$(BIN):$$PATH"
 
-.PHONY: setup repro test study system-packages
+.PHONY: setup repro test study dispatch system-packages test-system-packages apt
 setup: system-packages $(STAMP)
 
 system-packages:
-	@dpkg -s $(APT_PACKAGES) >/dev/null 2>&1 || { \
-	  echo "installing system packages: $(APT_PACKAGES)"; \
-	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $(APT_PACKAGES); }
+	@$(MAKE) -s apt PACKAGES="$(APT_PACKAGES)"
+
+test-system-packages:
+	@$(MAKE) -s apt PACKAGES="$(TEST_APT_PACKAGES)"
+
+apt:
+	@dpkg -s $(PACKAGES) >/dev/null 2>&1 || { \
+	  echo "installing system packages: $(PACKAGES)"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $(PACKAGES); }
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || python3.11 -m venv $(VENV)
@@ -26,10 +34,16 @@ $(STAMP): requirements.txt pyproject.toml
 repro: setup
 	$(RUN) dvc repro
 
-test: setup
+test: setup test-system-packages
 	$(RUN) python -m pytest
+
+# `make dispatch STUDY="table1 fig1" EXECUTOR=slurm JOBS=64 ARGS="--partition gpu --gpus-per-task 1"`: a
+# study's pending cells on workers (lmc/dispatch.py; EXECUTOR local by default).
+dispatch: setup
+	@test -n "$(STUDY)" || { echo "usage: make dispatch STUDY=<name> [EXECUTOR=local|slurm] [JOBS=n] [ARGS=...]"; exit 2; }
+	$(RUN) python -m lmc.dispatch $(STUDY) --executor $(or $(EXECUTOR),local) --jobs $(or $(JOBS),1) $(ARGS)
 
 # `make study STUDY=table1`: one of the paper's tables/figures (studies/studies.yaml), cell by cell.
 study: setup
 	@test -n "$(STUDY)" || { echo "usage: make study STUDY=<name> (see studies/studies.yaml)"; exit 2; }
-	$(RUN) dvc repro studies/dvc.yaml:report-$(STUDY)
+	$(RUN) dvc --cd studies repro report-$(STUDY)

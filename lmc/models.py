@@ -17,6 +17,7 @@ from torch.func import functional_call, vmap
 
 from . import seeds
 from .io import write_bytes_atomic
+from .paths import repro
 from .spec import KERNEL, Spec
 
 VIT_HEADS, VIT_HEAD_DIM = 8, 48  # the paper's attention block: 8 heads of dimension 48
@@ -203,13 +204,15 @@ def read_payload(path: str | Path, kind: str, fmt: int, stage: str) -> dict:
     naming the file and the stage to rerun when it is missing, damaged or something else."""
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"{kind} {path} is missing; run `dvc repro {stage}` to create it")
+        raise CheckpointError(f"{kind} {path} is missing; run `{repro(stage)}` to create it")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"{kind} {path} is damaged ({type(err).__name__}); rerun `dvc repro -f {stage}`") from None
+        raise CheckpointError(f"{kind} {path} is damaged ({type(err).__name__}); "
+                              f"rerun `{repro(stage, force=True)}`") from None
     if not isinstance(payload, dict) or payload.get("format") != fmt:
-        raise CheckpointError(f"{kind} {path} is not an lmc {kind} of format {fmt}; rerun `dvc repro -f {stage}`")
+        raise CheckpointError(f"{kind} {path} is not an lmc {kind} of format {fmt}; "
+                              f"rerun `{repro(stage, force=True)}`")
     return payload
 
 
@@ -234,7 +237,7 @@ def load_checkpoint(path: str | Path, stage: str = "train") -> Checkpoint:
     except RuntimeError as err:
         first = str(err).strip().splitlines()[-1].strip()
         raise CheckpointError(f"checkpoint {path} does not fit its architecture ({first}); "
-                              f"rerun `dvc repro -f {stage}`") from None
+                              f"rerun `{repro(stage, force=True)}`") from None
     return Checkpoint(model, payload["arch"], payload["meta"])
 
 

@@ -7,12 +7,21 @@ INIT_DIR = Path("data/init")
 TWINS_DIR = Path("data/twins")
 CURVES = Path("data/interpolation.json")
 TRAIN_LIVE = Path("reports/train")
+TRAIN_CSV = Path("reports/training.csv")
 METRICS = Path("reports/metrics.json")
 CURVE_CSV = Path("reports/interpolation.csv")
+PAIR_CURVE_CSV = Path("reports/interpolation_pairs.csv")
 SUMMARY = Path("reports/summary.md")
 FIGURE = Path("reports/interpolation.png")
 LAYERWISE = Path("reports/layerwise.json")
 LAYERWISE_SUMMARY = Path("reports/layerwise.md")
+
+
+def repro(stage: str, force: bool = False) -> str:
+    """The command that (re)builds `stage`, as a user types it at the repository root; `studies:<name>` is a
+    stage of the studies' own DVC project (studies/)."""
+    project, _, name = stage.rpartition(":")
+    return f"dvc {f'--cd {project} ' if project else ''}repro {'-f ' if force else ''}{name}"
 
 
 def init(pair: int) -> Path:

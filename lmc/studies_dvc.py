@@ -1,11 +1,17 @@
 """studies/dvc.yaml, generated from studies/studies.yaml: `python -m lmc.studies_dvc`.
 
+studies/ is a DVC project of its own (`dvc init --subdir`), so that the default experiment's `dvc exp show`
+and `dvc exp run` never see its hundreds of stages. Paths are written relative to studies/ (a stage whose
+wdir lies outside its project cannot use DVC's run-cache); the commands `cd ..` to the repository root.
+
 Per dataset a `source-*` and a `prepare-*` stage, per study with `shared_trunk` a `trunk-*` stage, per cell
 one stage whose params are exactly the entries that define it (so editing one cell reruns only that cell),
 per study one `report-*` stage. Cells depend on the code that computes them, not on this generator, so
 changing how the file is written reruns nothing.
 """
 from __future__ import annotations
+
+import os
 
 import yaml
 
@@ -15,54 +21,61 @@ from .studies import (CODE, DVC_FILE, REPORTS_DIR, SCALES, TRUNK_DIR, cell_outpu
                       has_shared_trunk, load, paper_dataset, resolve, study_names, trunk_plan)
 
 
+def _here(path) -> str:
+    """A repository path as the studies project names it (relative to studies/)."""
+    return os.path.relpath(path, DVC_FILE.parent)
+
+
+def _cmd(args: str) -> str:
+    return f"cd .. && python -m {args}"  # stages run from the repository root, where lmc/ is importable
+
+
 def generate(raw: dict) -> str:
-    """The text of studies/dvc.yaml (stages run from the repository root: wdir ..)."""
-    studies_yaml = "studies/studies.yaml"
+    """The text of studies/dvc.yaml (paths relative to studies/; the commands run from the repository root)."""
+    code = lambda *extra: [_here(p) for p in CODE + list(extra)]  # noqa: E731
     stages = {}
     for ds in datasets_used(raw):
-        p = data_paths(ds)
+        p = {k: _here(v) for k, v in data_paths(ds).items()}
         stages[f"source-{ds}"] = {
-            "cmd": f"python -m stages.source --study-dataset {ds}", "wdir": "..", "always_changed": True,
-            "deps": CODE + ["lmc/data.py", "lmc/datasets.py", "lmc/studies.py", "stages/source.py"],
-            "params": ["data_root", "download", {studies_yaml: ["scale", "scales"]}],
-            "outs": [{str(p["source"]): {"cache": False}}]}
+            "cmd": _cmd(f"stages.source --study-dataset {ds}"), "always_changed": True,
+            "deps": code("lmc/data.py", "lmc/datasets.py", "lmc/studies.py", "stages/source.py"),
+            "params": [{"../params.yaml": ["data_root", "download"]}, {"studies.yaml": ["scale", "scales"]}],
+            "outs": [{p["source"]: {"cache": False}}]}
         stages[f"prepare-{ds}"] = {
-            "cmd": f"python -m stages.prepare --study-dataset {ds}", "wdir": "..",
-            "deps": [str(p["source"])] + CODE + ["lmc/data.py", "lmc/datasets.py", "lmc/studies.py",
-                                                  "stages/prepare.py"],
-            "outs": [str(p["train"]), str(p["test"])]}
+            "cmd": _cmd(f"stages.prepare --study-dataset {ds}"),
+            "deps": [p["source"]] + code("lmc/data.py", "lmc/datasets.py", "lmc/studies.py", "stages/prepare.py"),
+            "outs": [p["train"], p["test"]]}
     train_code = ["lmc/data.py", "lmc/augment.py", "lmc/models.py", "lmc/train.py", "lmc/device.py"]
     for study in study_names(raw):
         outs = []
         trunk = []
         if has_shared_trunk(raw, study):
             p = data_paths(paper_dataset(raw, cells(raw, study)[0]))
-            trunk = [str(TRUNK_DIR / study)]
+            trunk = [_here(TRUNK_DIR / study)]
             stages[f"trunk-{study}"] = {
-                "cmd": f"python -m stages.trunk {study}", "wdir": "..",
-                "deps": [str(p["train"])] + CODE + train_code + ["lmc/studies.py", "stages/trunk.py"],
-                "params": [{studies_yaml: ["scale", "scales", f"studies.{study}.base", f"studies.{study}.axes"]
+                "cmd": _cmd(f"stages.trunk {study}"),
+                "deps": [_here(p["train"])] + code(*train_code, "lmc/studies.py", "stages/trunk.py"),
+                "params": [{"studies.yaml": ["scale", "scales", f"studies.{study}.base", f"studies.{study}.axes"]
                             + ([f"studies.{study}.cells"] if "cells" in raw["studies"][study] else [])}],
                 "outs": trunk}
         for cell in cells(raw, study):
             p = data_paths(paper_dataset(raw, cell))
-            out = str(cell_output(study, cell.id))
+            out = _here(cell_output(study, cell.id))
             outs.append(out)
             stages[f"{study}-{cell.id}"] = {
-                "cmd": f"python -m stages.cell {study} {cell.id}", "wdir": "..",
-                "deps": [str(p["train"]), str(p["test"])] + trunk + CODE + train_code + [
+                "cmd": _cmd(f"stages.cell {study} {cell.id}"),
+                "deps": [_here(p["train"]), _here(p["test"])] + trunk + code(*train_code, *(
                     "lmc/align.py", "lmc/connectivity.py", "lmc/report.py", "lmc/api.py", "lmc/studies.py",
-                    "stages/cell.py"],
-                "params": [{studies_yaml: ["scale", "scales"] + cell.param_keys}],
+                    "stages/cell.py")),
+                "params": [{"studies.yaml": ["scale", "scales"] + cell.param_keys}],
                 "outs": [{out: {"cache": False}}]}
         stages[f"report-{study}"] = {
-            "cmd": f"python -m stages.study_report {study}", "wdir": "..",
-            "deps": outs + CODE + ["lmc/report.py", "lmc/studies.py", "lmc/study_report.py",
-                                   "stages/study_report.py"],
-            "params": [{studies_yaml: [f"studies.{study}"]}],
-            "outs": [{str(REPORTS_DIR / f"{study}{ext}"): {"cache": False}} for ext in (".md", ".csv", ".png")]}
+            "cmd": _cmd(f"stages.study_report {study}"),
+            "deps": outs + code("lmc/report.py", "lmc/studies.py", "lmc/study_report.py", "stages/study_report.py"),
+            "params": [{"studies.yaml": [f"studies.{study}"]}],
+            "outs": [{_here(REPORTS_DIR / f"{study}{ext}"): {"cache": False}} for ext in (".md", ".csv", ".png")]}
     header = ("# GENERATED by `python -m lmc.studies_dvc` from studies/studies.yaml: edit that file, not this one.\n"
-              "# Run one study: dvc repro studies/dvc.yaml:report-<study>   (e.g. report-table1)\n")
+              "# The studies' own DVC project: `dvc --cd studies repro report-<study>` (or `dvc repro` in studies/).\n")
     return header + yaml.safe_dump({"stages": stages}, sort_keys=False, width=120)
 
 

@@ -8,6 +8,8 @@ import math
 import sys
 import time
 
+from tqdm import tqdm
+
 from lmc import api, studies, studies_dvc, train
 from lmc.io import write_text_atomic
 from lmc.spec import SpecError
@@ -38,9 +40,10 @@ def main() -> None:
     trunk = None
     if studies.has_shared_trunk(raw, study) and spec.spawn_step:
         trunk = train.load_snapshot(studies.trunk_path(study, spec.spawn_step), studies.trunk_key(spec),
-                                    stage=f"studies/dvc.yaml:trunk-{study}")
+                                    stage=f"studies:trunk-{study}")
     start = time.perf_counter()
-    result = api.run_experiment(spec, paths["train"], paths["test"], trunk=trunk)
+    with tqdm(total=api.experiment_work(spec), desc=f"cell {study}/{cell_id}", disable=None) as bar:
+        result = api.run_experiment(spec, paths["train"], paths["test"], progress=bar, trunk=trunk)
     print(f"cell {study}/{cell_id}: {result['status']} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     out = {"study": study, "cell": cell_id, "labels": cell.labels, "scale": raw["scale"],
            "spec": dataclasses.asdict(spec), **result}

@@ -2,6 +2,7 @@
 import copy
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -10,13 +11,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lmc import data, report
+from lmc import browser, data, report
 
 from .fixtures import WRITERS
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TINY = {"width": 16, "epochs": 2, "batch_size": 500}
+PLOTS = {"training_loss", "training_accuracy", "error_vs_alpha", "loss_vs_alpha"}  # dvc.yaml's `plots:`
 
 pytestmark = pytest.mark.e2e
 
@@ -66,7 +68,8 @@ def tiny_repo(tmp_path_factory):
 def test_repro_writes_every_report(tiny_repo):
     metrics = json.loads((tiny_repo / "reports/metrics.json").read_text())
     assert metrics["status"] == "ok"
-    assert tuple(metrics) == report.METRIC_KEYS and metrics["pairs"] == 3  # params.yaml's default
+    assert set(metrics) == set(report.METRIC_KEYS) and metrics["pairs"] == 3  # params.yaml's default
+    assert tuple(metrics)[:len(report.SHOWN_FIRST)] == report.SHOWN_FIRST  # what `dvc exp show` leads with
     assert all(0 <= metrics[k] <= 1 for k in metrics if k.startswith(("acc", "barrier")) and "_ci_" not in k)
     assert metrics["barrier_test_ci_low"] <= metrics["barrier_test"] <= metrics["barrier_test_ci_high"]
     assert metrics["barrier_test_cross_init"] is not None
@@ -76,12 +79,60 @@ def test_repro_writes_every_report(tiny_repo):
     assert "Verdict" in (tiny_repo / "reports/summary.md").read_text()
     live = json.loads((tiny_repo / "reports/train/metrics.json").read_text())
     assert live["step"] == TINY["epochs"] - 1 and {"loss_a0", "loss_b2", "acc_a1", "acc_b0"} <= set(live)
+    assert (tiny_repo / "reports/train/plots/metrics/diverged.tsv").is_file()  # DVCLive's files stay, not plotted
+    train = (tiny_repo / "reports/training.csv").read_text().splitlines()
+    assert train[0] == "epoch,pair,twin,loss,accuracy" and len(train) == 1 + TINY["epochs"] * 3 * 2
+    assert train[1].startswith("1,0,A,") and train[-1].startswith(f"{TINY['epochs']},2,B,")
+    per_pair = (tiny_repo / "reports/interpolation_pairs.csv").read_text().splitlines()
+    assert per_pair[0] == "alpha,pair,split,error,loss" and len(per_pair) == 1 + 3 * 2 * 11
     plots = json.loads(sh(tiny_repo, "dvc", "plots", "show", "--json").stdout)
-    assert {"error_vs_alpha", "loss_vs_alpha", "reports/train/plots/metrics/loss_a0.tsv"} <= set(plots["data"])
+    assert set(plots["data"]) == PLOTS and not plots.get("errors")
     layers = json.loads((tiny_repo / "reports/layerwise.json").read_text())
     assert layers["status"] == "ok" and list(layers["layers"]) == ["layers.0", "layers.1"]
     assert "| layers.0 |" in (tiny_repo / "reports/layerwise.md").read_text()
     assert sorted(p.name for p in (tiny_repo / "data/twins").iterdir()) == ["pair0", "pair1", "pair2"]
+
+
+def plot_charts(dom: str) -> dict[str, int]:
+    """Each plot's <div> on the page -> how many vega charts (canvas or svg, class "marks") it holds."""
+    parts = re.split(r'<div id="([^"]+)"', dom)  # DVC's <div id = "{plot id}">, vega draws inside
+    return {name: len(re.findall(r'<(canvas|svg)\b[^>]*class="marks"', body)) for name, body in
+            zip(parts[1::2], parts[2::2])}
+
+
+def test_plots_render_offline_in_a_real_browser_wherever_the_page_is_written(tiny_repo, tmp_path):
+    """The real `dvc plots show`, its page opened by headless Chromium with no network: every plot is drawn."""
+    if not browser.chromium():
+        pytest.skip("chromium is not installed (`make test-system-packages` installs it)")
+    sh(tiny_repo, "dvc", "plots", "show", "-o", str(tmp_path / "elsewhere"))
+    page = tmp_path / "elsewhere/index.html"
+    html = page.read_text()
+    assert not re.search(r"<(script|link)\b[^>]*\b(src|href)\s*=\s*[\"']?(https?:)?//", html, re.I)
+    assert plot_charts(browser.run(page, "--dump-dom")) == {name: 1 for name in PLOTS}
+    # Control: DVC's own page, which loads vega from a CDN, draws nothing in the same browser.
+    from dvc_render.html import PAGE_HTML
+
+    (tmp_path / "cdn.html").write_text(PAGE_HTML)
+    sh(tiny_repo, "dvc", "plots", "show", "--html-template", str(tmp_path / "cdn.html"), "-o", str(tmp_path / "cdn"))
+    assert "cdn.jsdelivr.net" in (tmp_path / "cdn/index.html").read_text()
+    assert plot_charts(browser.run(tmp_path / "cdn/index.html", "--dump-dom")) == {name: 0 for name in PLOTS}
+
+
+def test_exp_show_leads_with_the_barriers_and_has_no_study_column(tiny_repo):
+    """The comparison comes first: `dvc exp show` has at most 100 columns, none from the studies (their own
+    DVC project), and barrier_test before any per-twin training curve; the table renders in a terminal."""
+    header = sh(tiny_repo, "dvc", "exp", "show", "--csv").stdout.splitlines()[0].split(",")
+    assert len(header) <= 100, len(header)
+    assert not [c for c in header if "studies" in c], [c for c in header if "studies" in c]
+    metrics = header[header.index("Created") + 2:]  # after Experiment, rev, typ, Created, parent
+    assert metrics[:2] == ["barrier_test", "barrier_train"], metrics[:6]
+    twins = [i for i, c in enumerate(header) if c.startswith(("loss_a", "loss_b", "acc_a", "acc_b"))]
+    assert all(i > header.index("barrier_test") for i in twins)
+    env = {**os.environ, "COLUMNS": "120", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    table = subprocess.run(["dvc", "exp", "show", "--no-pager", "--drop", ".*", "--keep",
+                            "Experiment|barrier_test|barrier_train|acc_test_a|acc_test_b|status"],
+                           cwd=tiny_repo, capture_output=True, text=True, env=env).stdout
+    assert "barrier_test" in table and "barrier_train" in table and "workspace" in table
 
 
 def test_experiment_reruns_only_train_and_later_and_is_compared(tiny_repo):
@@ -184,26 +235,24 @@ def test_study_cells_are_cached_one_by_one_and_absent_data_is_one_line(tmp_path)
     studies_yaml.write_text(yaml.safe_dump(config, sort_keys=False))
     sh(repo, sys.executable, "-m", "lmc.studies_dvc")
     commit(repo, "tiny studies")
-    target = "studies/dvc.yaml:report-tiny"
-    stage = lambda name: f"studies/dvc.yaml:{name}"  # noqa: E731
-    assert set(ran(sh(repo, "dvc", "repro", target).stdout)) == {
-        stage(s) for s in ("source-mnist", "prepare-mnist", "tiny-hi", "tiny-med", "report-tiny")}
+    studies = repo / "studies"  # a DVC project of its own
+    assert set(ran(sh(studies, "dvc", "repro", "report-tiny").stdout)) == {
+        "source-mnist", "prepare-mnist", "tiny-hi", "tiny-med", "report-tiny"}
     report = (repo / "reports/tiny.md").read_text()
     assert "| hi |" in report and "0.05 / 0.00" in report and (repo / "reports/tiny.png").exists()
     commit(repo, "results")
-    sh(repo, "dvc", "repro", "-f", stage("tiny-hi"), stage("tiny-med"))
+    sh(studies, "dvc", "repro", "-f", "tiny-hi", "tiny-med")
     sh(repo, "git", "diff", "--exit-code", "studies/out", "studies/dvc.lock")  # same params, same bytes
 
     config["studies"]["tiny"]["axes"]["lr"]["med"]["lr"] = 0.02
     studies_yaml.write_text(yaml.safe_dump(config, sort_keys=False))
-    assert set(ran(sh(repo, "dvc", "repro", target).stdout)) == {
-        stage(s) for s in ("source-mnist", "tiny-med", "report-tiny")}
+    assert set(ran(sh(studies, "dvc", "repro", "report-tiny").stdout)) == {"source-mnist", "tiny-med", "report-tiny"}
     config["scale"] = "paper"
     studies_yaml.write_text(yaml.safe_dump(config, sort_keys=False))
-    assert set(ran(sh(repo, "dvc", "repro", target).stdout)) == {
-        stage(s) for s in ("source-mnist", "tiny-hi", "tiny-med", "report-tiny")}
+    assert set(ran(sh(repo, "dvc", "--cd", "studies", "repro", "report-tiny").stdout)) == {
+        "source-mnist", "tiny-hi", "tiny-med", "report-tiny"}
 
-    proc = sh(repo, "dvc", "repro", "studies/dvc.yaml:report-absent", check=False)
+    proc = sh(studies, "dvc", "repro", "report-absent", check=False)
     errors = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
     assert proc.returncode != 0 and len(errors) == 1
     assert errors[0].startswith("error: dataset cifar10: data/raw/cifar-10-batches-py/") and "not found" in errors[0]
@@ -220,10 +269,9 @@ def test_spawn_study_trains_its_trunk_once_and_a_is_the_same_run_at_every_k(tmp_
     (repo / "studies/studies.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     sh(repo, sys.executable, "-m", "lmc.studies_dvc")
     commit(repo, "spawn study")
-    stage = lambda name: f"studies/dvc.yaml:{name}"  # noqa: E731
-    assert set(ran(sh(repo, "dvc", "repro", stage("report-tinyspawn")).stdout)) == {
-        stage(s) for s in ("source-mnist", "prepare-mnist", "trunk-tinyspawn", "tinyspawn-k0", "tinyspawn-k3",
-                           "tinyspawn-k5", "report-tinyspawn")}
+    assert set(ran(sh(repo / "studies", "dvc", "repro", "report-tinyspawn").stdout)) == {
+        "source-mnist", "prepare-mnist", "trunk-tinyspawn", "tinyspawn-k0", "tinyspawn-k3", "tinyspawn-k5",
+        "report-tinyspawn"}
     assert sorted(p.name for p in (repo / "studies/trunk/tinyspawn").iterdir()) == ["step3.pt", "step5.pt"]
     results = {k: json.loads((repo / f"studies/out/tinyspawn/{k}.json").read_text()) for k in ("k0", "k3", "k5")}
     for key in ("acc_train_a", "acc_test_a"):  # A continues its trunk exactly: the same model whatever k
@@ -234,4 +282,4 @@ def test_spawn_study_trains_its_trunk_once_and_a_is_the_same_run_at_every_k(tmp_
     proc = sh(repo, sys.executable, "-m", "stages.cell", "tinyspawn", "k3", check=False)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "error: trunk snapshot studies/trunk/tinyspawn/step3.pt is damaged (UnpicklingError); "
-        "rerun `dvc repro -f studies/dvc.yaml:trunk-tinyspawn`"]
+        "rerun `dvc --cd studies repro -f trunk-tinyspawn`"]

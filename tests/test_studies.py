@@ -50,8 +50,8 @@ def test_a_cell_depends_on_exactly_the_entries_that_define_it():
     cell = studies.find_cell(RAW, "fig1", "L4-p0_3")
     assert cell.param_keys == ["studies.fig1.base", "studies.fig1.axes.net.L4", "studies.fig1.axes.slope.p0_3"]
     stage = yaml.safe_load(studies_dvc.generate(RAW))["stages"]["fig1-L4-p0_3"]
-    assert stage["params"] == [{"studies/studies.yaml": ["scale", "scales", *cell.param_keys]}]
-    assert "studies/data/mnist/train.beton" in stage["deps"] and "lmc/study_report.py" not in stage["deps"]
+    assert stage["params"] == [{"studies.yaml": ["scale", "scales", *cell.param_keys]}]  # studies/ is its project
+    assert "data/mnist/train.beton" in stage["deps"] and "../lmc/study_report.py" not in stage["deps"]
 
 
 def test_bad_study_definitions_are_one_line_errors():
@@ -143,9 +143,9 @@ def test_table4_accuracies_appear_in_the_fig3_report(tmp_path, monkeypatch):
 def test_a_shared_trunk_study_gets_one_trunk_stage_its_cells_depend_on():
     stages = yaml.safe_load(studies_dvc.generate(RAW))["stages"]
     trunk = stages["trunk-spawn"]
-    assert trunk["outs"] == ["studies/trunk/spawn"] and "stages/trunk.py" in trunk["deps"]
-    assert all("studies/trunk/spawn" in stages[f"spawn-{c.id}"]["deps"] for c in studies.cells(RAW, "spawn"))
-    assert "studies/trunk/spawn" not in stages["table2-sgd-hi"]["deps"]
+    assert trunk["outs"] == ["trunk/spawn"] and "../stages/trunk.py" in trunk["deps"]
+    assert all("trunk/spawn" in stages[f"spawn-{c.id}"]["deps"] for c in studies.cells(RAW, "spawn"))
+    assert "trunk/spawn" not in stages["table2-sgd-hi"]["deps"]
     spec, steps = studies.trunk_plan(RAW, "spawn")
     assert steps == [8, 32, 64, 160, 320, 480] and spec.pairs == 3
 
@@ -185,3 +185,33 @@ def test_report_of_several_pairs_gives_intervals_in_the_table_and_the_figure(tmp
     mixed = pd.concat([pairs, pairs[(pairs["cell"] == "sgd-hi") & (pairs["pair"] == 0)].assign(pair=3)])
     study_report.figure(RAW, "table2", frame, tmp_path / "mixed.png", mixed)  # cells with 3 and 4 pairs
     assert (tmp_path / "mixed.png").read_bytes() != (tmp_path / "a.png").read_bytes()
+
+
+def test_trunk_and_cell_stages_show_a_bar_on_a_terminal_and_nothing_else_off_one(tmp_path, betons):
+    import shutil
+    import subprocess
+    import sys
+
+    from .conftest import run_stage_stderr, shows_a_bar
+    config = {"scale": "cpu",
+              "scales": {"cpu": {"datasets": {"mnist": "mnist5k"}, "defaults": {"batch_size": 500, "width": 16}},
+                         "paper": {"datasets": {}, "defaults": {}}},
+              "studies": {"tinyspawn": {
+                  "title": "t", "finding": "none", "shared_trunk": True,
+                  "base": {"model": "mlp", "dataset": "mnist", "pairs": 1, "epochs": 2},
+                  "axes": {"k": {"k3": {"spawn_step": 3}}}, "figure": {"x": "spawn_step", "y": "barrier"}}}}
+    (tmp_path / studies.STUDIES_FILE).parent.mkdir(parents=True)
+    (tmp_path / studies.STUDIES_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+    subprocess.run([sys.executable, "-m", "lmc.studies_dvc"], cwd=tmp_path, check=True, env={"PYTHONPATH": str(ROOT)})
+    for split, path in studies.data_paths("mnist").items():
+        if split in betons:
+            (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(betons[split], tmp_path / path)
+    for tty in (True, False):
+        status, trunk = run_stage_stderr(tmp_path, "trunk", "tinyspawn", tty=tty)
+        assert status == 0 and shows_a_bar(trunk) == tty and ("trunk tinyspawn: 100%|" in trunk) == tty, trunk
+        status, cell = run_stage_stderr(tmp_path, "cell", "tinyspawn", "k3", tty=tty)
+        assert status == 0 and shows_a_bar(cell) == tty and ("cell tinyspawn/k3: 100%|" in cell) == tty, cell
+        if not tty:
+            assert trunk.splitlines() == ["trunk tinyspawn: 1 snapshots, steps [3]"]
+            assert len(cell.splitlines()) == 1 and cell.startswith("cell tinyspawn/k3: ok in ")
