@@ -1,0 +1,601 @@
+"""Send the studies' pending cells to workers, gather them back into the home workspace's studies/dvc.lock.
+
+    python -m lmc.dispatch table1 fig1 --executor slurm --jobs 64 --partition gpu --gpus-per-task 1 --time 4:00:00
+    python -m lmc.dispatch table1 --jobs 2            # local worker processes (the default executor)
+    python -m lmc.dispatch table1 --status            # done / running / failed / pending per study
+    python -m lmc.dispatch table1 --dry-run           # what would be sent, and its estimated device-hours
+
+Each task runs one stage through DVC itself, `dvc repro --single-item <stage>`, in a workspace of its own: a
+git clone of the home repository at the home commit (never two `dvc repro` in one workspace: DVC locks it).
+Cached data (the .beton files, trunk snapshots) travels through a DVC remote: the home studies cache by default
+(a shared filesystem), or `--remote URL` (S3, SSH, or a path; nothing else is shared then but the job folder
+of the executor: the task descriptions, the few-KB results and the logs). A cell's result (a committed,
+uncached JSON) comes back with the task's result and is checked against the md5 the worker's lock recorded;
+home then writes it atomically and records the stage with `dvc commit`, and checks that the lock entry home
+computes equals the worker's. So the home lock is byte for byte what a sequential `dvc repro` writes.
+A task that fails, is killed or cancelled leaves nothing at home; the next dispatch sends it again.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from . import cost, studies
+from .io import write_bytes_atomic, write_text_atomic
+from .spec import SpecError
+from .stage import entry
+
+STUDIES_DIR = studies.DVC_FILE.parent  # the studies' own DVC project
+STATE_DIR = STUDIES_DIR / ".dispatch"  # records of sent tasks, logs, worker scratch (git- and dvc-ignored)
+EXECUTORS = ("local", "slurm")
+# What a dispatch relies on being the same in the workers' clone as at home: the commit they check out.
+INPUTS = ("lmc", "stages", "studies/studies.yaml", "studies/dvc.yaml", "params.yaml", "pyproject.toml",
+          "requirements.txt")
+
+
+class DispatchError(SpecError):
+    """A dispatch that cannot start or whose result cannot be taken home (one line, like a bad param)."""
+
+
+def dvc(*args: str, cwd: Path = STUDIES_DIR, check: bool = True) -> subprocess.CompletedProcess:
+    """The dvc of this Python's environment, in the studies project (or `cwd`)."""
+    exe = Path(sys.executable).parent / "dvc"
+    proc = subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True)
+    if check and proc.returncode:
+        lines = (proc.stderr + proc.stdout).strip().splitlines()
+        last = next((l for l in lines if l.startswith(("ERROR", "error"))), lines[-1] if lines else "no output")
+        raise DispatchError(f"dispatch: `dvc {' '.join(args)}` failed in {cwd}: {last}")
+    return proc
+
+
+def git(*args: str, cwd: Path = Path(".")) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def md5(payload: bytes) -> str:
+    return hashlib.md5(payload).hexdigest()
+
+
+# -- what to send ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Task:
+    """One stage to run in a clone of `git_url` at `commit`, pulling the cached outputs of the stages in
+    `pull` (home's lock entries for them: home may have run them since the commit) from `remote` first, and
+    pushing its own cached outputs there after."""
+    stage: str
+    commit: str
+    git_url: str
+    remote: str
+    pull: dict  # stage -> its lock entry at home
+    scratch: str  # where the worker makes its clone (a per-task folder is created inside)
+
+
+def stage_defs() -> dict:
+    return yaml.safe_load(studies.DVC_FILE.read_text())["stages"]
+
+
+def study_stages(raw: dict, names: list[str]) -> dict[str, list[str]]:
+    """Per study, the stages workers run: its trunk (if it shares one) and its cells."""
+    return {study: ([f"trunk-{study}"] if studies.has_shared_trunk(raw, study) else [])
+            + [f"{study}-{cell.id}" for cell in studies.cells(raw, study)] for study in names}
+
+
+def data_stages(raw: dict, names: list[str]) -> list[str]:
+    """The source and prepare stages of the studies' datasets: they read data_root, so they run at home."""
+    datasets = sorted({studies.paper_dataset(raw, c) for study in names for c in studies.cells(raw, study)})
+    return [f"{kind}-{ds}" for ds in datasets for kind in ("source", "prepare")]
+
+
+def unprepared_note(raw: dict, names: list[str]) -> list[str]:
+    """A line saying why the counts may be too high: stages whose data is not prepared here look pending
+    (dispatch prepares it first, and then sends only what really changed)."""
+    missing = stale([s for s in data_stages(raw, names) if s.startswith("prepare-")])
+    return [f"note: {', '.join(missing)} not up to date here, so every stage reading it counts as pending; "
+            f"`dvc --cd studies repro {' '.join(missing)}` first for exact counts"] if missing else []
+
+
+def outputs(stage_def: dict) -> list[tuple[str, bool]]:
+    """(path, cached) of each output of a dvc.yaml stage definition."""
+    return [(o, True) if isinstance(o, str) else (next(iter(o)), next(iter(o.values())).get("cache", True))
+            for o in stage_def.get("outs", [])]
+
+
+def upstream(stage: str, defs: dict, cached: bool = False) -> list[str]:
+    """The stages whose outputs `stage` reads (with `cached`, only those whose outputs DVC caches: its .beton
+    files, its trunk)."""
+    deps = set(defs[stage].get("deps", []))
+    return [name for name, d in defs.items() if any(path in deps and (c or not cached) for path, c in outputs(d))]
+
+
+def stale(stages: list[str]) -> list[str]:
+    """The stages among `stages` whose lock does not match the workspace (`dvc status` of those alone)."""
+    if not stages:
+        return []
+    changed = json.loads(dvc("status", "--json", *stages).stdout or "{}")
+    return [s for s in stages if s in changed]
+
+
+def check_committed() -> str:
+    """The home commit the workers will run; refuses when the inputs differ from it (they would compute
+    something else than home records)."""
+    dirty = git("diff", "--name-only", "HEAD", "--", *INPUTS).splitlines()
+    if dirty:
+        raise DispatchError(f"dispatch: {dirty[0]} (and {len(dirty) - 1} more) differ from the last commit; "
+                            f"workers run the commit, so commit your changes first, then dispatch")
+    return git("rev-parse", "HEAD")
+
+
+def add_lock_entries(lock_file: Path, entries: dict) -> str:
+    """Put `entries` (stage -> lock entry) into a dvc.lock so that `dvc pull <stage>` knows what to fetch;
+    returns the file's text before (DVC rewrites it in its own format at the next commit or repro)."""
+    before = lock_file.read_text() if lock_file.exists() else "schema: '2.0'\nstages: {}\n"
+    lock = yaml.safe_load(before)
+    lock["stages"].update(entries)
+    write_text_atomic(lock_file, yaml.safe_dump(lock, sort_keys=False))
+    return before
+
+
+# -- the worker side ---------------------------------------------------------------------------------------
+
+def run_task(task: Task) -> dict:
+    """On the worker: clone, pull what the stage reads, `dvc repro --single-item`, push its cached outputs.
+    Returns the stage's lock entry and the bytes of its uncached outputs (base64). The clone is removed."""
+    Path(task.scratch).mkdir(parents=True, exist_ok=True)
+    ws = Path(tempfile.mkdtemp(prefix=f"{task.stage}-", dir=task.scratch))
+    try:
+        subprocess.run(["git", "clone", "-q", "--no-checkout", task.git_url, str(ws)], check=True)
+        git("checkout", "-q", task.commit, cwd=ws)
+        proj = ws / STUDIES_DIR
+        dvc("remote", "add", "--local", "-f", "dispatch", task.remote, cwd=proj)
+        if task.pull:
+            add_lock_entries(proj / "dvc.lock", task.pull)
+            dvc("pull", "-r", "dispatch", *task.pull, cwd=proj)
+        run = subprocess.run([str(Path(sys.executable).parent / "dvc"), "repro", "--single-item", task.stage],
+                             cwd=proj, stderr=subprocess.PIPE, text=True)
+        if run.returncode:
+            sys.stderr.write(run.stderr)
+            last = next((l for l in reversed(run.stderr.splitlines()) if l.strip()), "no output")
+            raise RuntimeError(f"dvc repro {task.stage} failed: {last}")
+        entry_ = yaml.safe_load((proj / "dvc.lock").read_text())["stages"][task.stage]
+        outs = outputs(yaml.safe_load((proj / "dvc.yaml").read_text())["stages"][task.stage])
+        uncached = [path for path, cached in outs if not cached]
+        if len(uncached) < len(outs):
+            dvc("push", "-r", "dispatch", task.stage, cwd=proj)
+        files = {p: base64.b64encode((proj / p).read_bytes()).decode() for p in uncached}
+        return {"stage": task.stage, "lock": entry_, "files": files}
+    finally:
+        shutil.rmtree(ws, ignore_errors=True)
+
+
+def worker_main(task_file: str, result_file: str) -> None:
+    """`python -m lmc.dispatch --worker TASK RESULT` (the local executor's process)."""
+    task = Task(**json.loads(Path(task_file).read_text()))
+    result = run_task(task)
+    write_text_atomic(result_file, json.dumps(result))
+
+
+# -- home: taking a result in ------------------------------------------------------------------------------
+
+def take_home(result: dict) -> None:
+    """Write a task's uncached outputs (md5-checked against the worker's lock), pull its cached ones, and
+    record the stage with `dvc commit`; the lock entry home computes must equal the worker's."""
+    stage, lock_entry = result["stage"], result["lock"]
+    want = {o["path"]: o["md5"] for o in lock_entry.get("outs", [])}
+    for path, b64 in result["files"].items():
+        payload = base64.b64decode(b64)
+        if md5(payload) != want.get(path):
+            raise DispatchError(f"dispatch: {stage}'s {path} came back damaged (md5 differs from its lock); "
+                                f"dispatch again")
+        write_bytes_atomic(STUDIES_DIR / path, payload)  # lock paths are relative to the studies project
+    if len(result["files"]) < len(want):  # cached outputs: pulled by the md5s of the worker's lock entry
+        lock_file = studies.DVC_FILE.with_suffix(".lock")
+        before = add_lock_entries(lock_file, {stage: lock_entry})
+        try:
+            dvc("pull", "-r", "dispatch", stage)
+        except DispatchError:
+            write_text_atomic(lock_file, before)
+            raise
+    dvc("commit", "-f", "-q", stage)
+    home = yaml.safe_load(studies.DVC_FILE.with_suffix(".lock").read_text())["stages"][stage]
+    if home != lock_entry:
+        raise DispatchError(f"dispatch: {stage} was recorded at home with other hashes than the worker's "
+                            f"(different code, params or data?); run `dvc --cd studies repro {stage}` here")
+
+
+# -- executors ---------------------------------------------------------------------------------------------
+
+class LocalExecutor:
+    """`jobs` worker processes on this machine: each gets one GPU (CUDA_VISIBLE_DEVICES) where there are
+    GPUs, else an equal share of the cores (OMP_NUM_THREADS); tasks beyond that wait their turn here."""
+
+    def __init__(self, jobs: int, state: Path):
+        self.jobs, self.folder = jobs, state / "local"
+        gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
+        self.gpus = [g for g in (gpus.split(",") if gpus is not None else _gpu_ids()) if g]
+        self.queue: list[Task] = []
+        self.running: dict[int, tuple[Task, subprocess.Popen]] = {}  # slot -> (task, worker process)
+
+    def _log(self, stage: str) -> Path:
+        return self.folder / f"{stage}.log"
+
+    def submit(self, tasks: list[Task]) -> list[tuple[str, dict]]:
+        self.queue += tasks
+        self._start()
+        return [(t.stage, {"executor": "local", "dispatcher": os.getpid(), "log": str(self._log(t.stage))})
+                for t in tasks]
+
+    def _start(self) -> None:
+        while self.queue and len(self.running) < self.jobs:
+            task = self.queue.pop(0)
+            slot = next(i for i in range(self.jobs) if i not in self.running)
+            env = dict(os.environ)
+            if self.gpus:
+                env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
+            else:
+                threads = str(max(1, (os.cpu_count() or 1) // self.jobs))
+                env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+            self.folder.mkdir(parents=True, exist_ok=True)
+            files = {k: self.folder / f"{task.stage}.{k}.json" for k in ("task", "result")}
+            files["result"].unlink(missing_ok=True)
+            write_text_atomic(files["task"], json.dumps(dataclasses.asdict(task)))
+            with open(self._log(task.stage), "w") as log:
+                self.running[slot] = (task, subprocess.Popen(
+                    [sys.executable, "-m", "lmc.dispatch", "--worker", str(files["task"]), str(files["result"])],
+                    stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True))
+
+    def pids(self) -> dict[str, int]:
+        return {task.stage: proc.pid for task, proc in self.running.values()}
+
+    def poll(self) -> list[tuple[str, Path, dict | None]]:
+        """Finished tasks: (stage, log, result), result None when the task failed or was killed."""
+        done = []
+        for slot, (task, proc) in list(self.running.items()):
+            if proc.poll() is None:
+                continue
+            del self.running[slot]
+            result = self.folder / f"{task.stage}.result.json"
+            ok = proc.returncode == 0 and result.exists()
+            done.append((task.stage, self._log(task.stage), json.loads(result.read_text()) if ok else None))
+        self._start()
+        return done
+
+    def cancel(self) -> None:
+        """Stop every worker (its whole process group: the worker, its dvc and the stage it runs)."""
+        self.queue.clear()
+        for _, proc in self.running.values():
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for _, proc in self.running.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(OSError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.running.clear()
+
+
+class SlurmExecutor:
+    """An array job through submitit per batch of ready tasks, one array task per stage, at most `jobs`
+    running at once. Without accounting (slurmdbd) submitit cannot tell how a task ended, so a task that left
+    `squeue` without a result file failed (killed, cancelled, out of time)."""
+
+    def __init__(self, jobs: int, state: Path, partition: str | None, gpus_per_task: int, cpus_per_task: int,
+                 time_limit: str):
+        import submitit
+
+        self.executor = submitit.AutoExecutor(folder=str(state / "slurm" / "%j"), cluster="slurm")
+        params = dict(timeout_min=_minutes(time_limit), cpus_per_task=cpus_per_task, slurm_array_parallelism=jobs,
+                      name="lmc-dispatch")
+        if partition:
+            params["slurm_partition"] = partition
+        if gpus_per_task:
+            params["gpus_per_node"] = gpus_per_task
+        self.executor.update_parameters(**params)
+        self.jobs: list[tuple[Task, object]] = []
+
+    def submit(self, tasks: list[Task]) -> list[tuple[str, dict]]:
+        jobs = self.executor.map_array(run_task, tasks)
+        self.jobs += list(zip(tasks, jobs))
+        return [(t.stage, {"executor": "slurm", "job": j.job_id, "log": str(j.paths.stdout)})
+                for t, j in zip(tasks, jobs)]
+
+    def pids(self) -> dict[str, int]:
+        return {}
+
+    def poll(self) -> list[tuple[str, Path, dict | None]]:
+        done, queued = [], _squeue()
+        for task, job in list(self.jobs):
+            if job.paths.result_pickle.exists():
+                try:
+                    result = job.result()
+                except Exception:  # noqa: BLE001 (a failed task: its traceback is in its log)
+                    result = None
+            elif job.job_id not in queued:
+                result = None
+            else:
+                continue
+            self.jobs.remove((task, job))
+            done.append((task.stage, Path(job.paths.stdout), result))
+        return done
+
+    def cancel(self) -> None:
+        for _, job in self.jobs:
+            with contextlib.suppress(Exception):
+                job.cancel(check=False)  # scancel
+        self.jobs.clear()
+
+
+def _squeue() -> set[str]:
+    """Job ids (as submitit names them, array tasks as <job>_<task>) in SLURM's queue."""
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True).stdout
+    return set(out.split())
+
+
+def _gpu_ids() -> list[str]:
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
+
+
+def _minutes(limit: str) -> int:
+    """SLURM's [D-]HH:MM[:SS] (or plain minutes) as minutes, seconds rounded up."""
+    days, _, rest = limit.rpartition("-")
+    try:
+        parts = [int(p) for p in rest.split(":")]
+        if len(parts) == 1:
+            return int(days or 0) * 1440 + parts[0]
+        h, m, s = (parts + [0])[:3]
+        return int(days or 0) * 1440 + h * 60 + m + (s > 0)
+    except ValueError:
+        raise DispatchError(f"dispatch: --time={limit!r} is not a SLURM time limit; write e.g. 4:00:00") from None
+
+
+# -- records: what was sent, what failed ---------------------------------------------------------------------
+
+def load_records() -> dict:
+    path = STATE_DIR / "records.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def save_records(records: dict) -> None:
+    write_text_atomic(STATE_DIR / "records.json", json.dumps(records, indent=1, sort_keys=True))
+
+
+def last_error(log: Path) -> str:
+    try:
+        lines = [l.strip() for l in Path(log).read_text(errors="replace").splitlines() if l.strip()]
+    except OSError:
+        return "no log"
+    return next((l for l in reversed(lines) if "Error" in l or l.startswith("error")), lines[-1] if lines else "")
+
+
+def alive(record: dict) -> bool:
+    """Whether a task recorded as running still is: a local one lives with its dispatcher, a SLURM one while
+    it is in the queue."""
+    if record["executor"] == "local":
+        try:
+            os.kill(record["dispatcher"], 0)
+        except OSError:
+            return False
+        return True
+    return record["job"] in _squeue()
+
+
+# -- the dispatcher ----------------------------------------------------------------------------------------
+
+def status(names: list[str]) -> str:
+    """Per study: stages done, running, failed (with log and last error line) and pending."""
+    raw = studies.load()
+    per_study = study_stages(raw, names)
+    records = load_records()
+    pending = set(stale([s for stages in per_study.values() for s in stages]))
+    lines = []
+    for study, stages in per_study.items():
+        groups = {"done": [], "running": [], "failed": [], "pending": []}
+        for s in stages:
+            rec = records.get(s)
+            if s not in pending:
+                groups["done"].append(s)
+            elif rec and rec["state"] == "running" and alive(rec):
+                groups["running"].append(s)
+            elif rec:  # failed, or recorded running by a dispatcher that is gone
+                groups["failed"].append(s)
+            else:
+                groups["pending"].append(s)
+        lines.append(f"{study}: " + ", ".join(f"{len(v)} {k}" for k, v in groups.items()))
+        for s in groups["failed"]:
+            lines.append(f"  failed {s}: {records[s]['log']}: "
+                         f"{records[s].get('error') or last_error(Path(records[s]['log']))}")
+    return "\n".join(lines + unprepared_note(raw, names))
+
+
+def dry_run(names: list[str]) -> str:
+    """The stages a dispatch would send, per study, with the estimated device-hours of its cells."""
+    raw = studies.load()
+    per_study = study_stages(raw, names)
+    todo = set(stale([s for stages in per_study.values() for s in stages]))
+    lines = []
+    for study, stages in per_study.items():
+        mine = [s for s in stages if s in todo]
+        specs = [studies.resolve(raw, studies.find_cell(raw, study, s[len(study) + 1:]))
+                 for s in mine if s != f"trunk-{study}"]
+        device = specs[0].device if specs else "cpu"
+        lines.append(f"{study}: {len(mine)} to send, about {sum(map(cost.cell_hours, specs)):.2f} "
+                     f"{device.upper()}-hours ({cost.basis(device)})")
+        lines += [f"  {s}" for s in mine]
+    return "\n".join(lines + unprepared_note(raw, names))
+
+
+def planned(targets: list[str]) -> list[str]:
+    """The stages a sequential `dvc repro <targets>` walks, in its order (DVC's own planner: `--dry` cannot plan
+    stages whose inputs do not exist yet). Stages up to date are left out but for the home ones (cheap)."""
+    from dvc.repo import Repo
+    from dvc.repo.reproduce import collect_stages, get_active_graph, plan_repro
+
+    dvc_file = studies.DVC_FILE.resolve()
+    with Repo(str(dvc_file.parent)) as repo:
+        wanted = collect_stages(repo, [f"{dvc_file}:{t}" for t in targets])
+        steps = [s.name for s in plan_repro(get_active_graph(repo.index.graph), wanted)]
+    behind = set(stale([s for s in steps if sent_out(s)]))
+    return [s for s in steps if not sent_out(s) or s in behind]
+
+
+def sent_out(stage: str) -> bool:
+    """Trunks and cells go to workers; source, prepare (they read data_root) and reports run at home."""
+    return not stage.startswith(("source-", "prepare-", "report-"))
+
+
+def dispatch(names: list[str], executor, remote: str | None, git_url: str | None, scratch: str | None,
+             progress=None) -> list[str]:
+    """Bring the reports of `names` up to date: the stages a sequential `dvc repro` would run, taken home in
+    its order (so the lock is the same bytes), the trunks and cells run by `executor`'s workers, the rest
+    here. Returns the stages that failed."""
+    commit = check_committed()
+    defs = stage_defs()
+    dvc("repro", *data_stages(studies.load(), names))  # first: what is stale can only be told with the data here
+    plan = planned([f"report-{n}" for n in names])
+    home_cache = (STUDIES_DIR / ".dvc" / "cache").resolve()
+    remote = remote or str(home_cache)
+    shared = Path(remote).resolve() == home_cache
+    dvc("remote", "add", "--local", "-f", "dispatch", remote)
+    git_url = git_url or str(STUDIES_DIR.parent.resolve())
+    scratch = scratch or str((STATE_DIR / "scratch").resolve())
+    todo = [s for s in plan if sent_out(s)]
+    if progress is not None:
+        progress.reset(total=len(todo))
+    records = load_records()
+    done, failed, results, sent = set(), [], {}, set()
+    at = 0
+    try:
+        while at < len(plan):
+            ready = [s for s in todo if s not in sent and not _blocked(s, defs, plan, failed)
+                     and all(u in done for u in upstream(s, defs) if u in plan)]
+            if ready:
+                lock = yaml.safe_load(studies.DVC_FILE.with_suffix(".lock").read_text())["stages"]
+                print(f"dispatch: sending {len(ready)} task(s) ({', '.join(ready[:3])}"
+                      f"{', ...' if len(ready) > 3 else ''})", file=sys.stderr)
+                for s, job in executor.submit([Task(s, commit, git_url, remote, {u: lock[u] for u in
+                                                    upstream(s, defs, cached=True)}, scratch) for s in ready]):
+                    records[s] = {"state": "running", **job}
+                sent.update(ready)
+                save_records(records)
+            for stage, pid in executor.pids().items():
+                if records.get(stage, {}).get("pid") != pid:
+                    records[stage]["pid"] = pid
+                    save_records(records)
+            for stage, log, result in executor.poll():
+                results[stage] = result
+                if result is None:
+                    records[stage] = {**records.get(stage, {}), "state": "failed", "log": str(log)}
+                    failed.append(stage)
+                    save_records(records)
+            while at < len(plan):  # take home, in the plan's order, whatever is ready
+                stage = plan[at]
+                if _blocked(stage, defs, plan, failed) or stage in failed:
+                    pass
+                elif not sent_out(stage):
+                    dvc("repro", "--single-item", stage)
+                    if stage.startswith("prepare-") and not shared:
+                        dvc("push", "-r", "dispatch", stage)
+                    done.add(stage)
+                elif stage in results:
+                    try:
+                        take_home(results[stage])
+                        records.pop(stage, None)
+                        done.add(stage)
+                    except DispatchError as err:
+                        records[stage] = {**records.get(stage, {}), "state": "failed", "error": str(err)}
+                        failed.append(stage)
+                    save_records(records)
+                    if progress is not None:
+                        progress.update(1)
+                else:
+                    break
+                at += 1
+            if at < len(plan):
+                time.sleep(0.5)
+    except KeyboardInterrupt:
+        executor.cancel()
+        save_records({s: r for s, r in records.items() if r["state"] != "running"})
+        raise
+    return failed
+
+
+def _blocked(stage: str, defs: dict, plan: list[str], failed: list[str]) -> bool:
+    """Whether `stage` reads (through any chain of the plan's stages) the output of a failed stage."""
+    return bool(failed) and any(u in failed or _blocked(u, defs, plan, failed) for u in upstream(stage, defs) if u in plan)
+
+
+@entry
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"]:
+        return worker_main(*argv[1:3])
+    parser = argparse.ArgumentParser(prog="python -m lmc.dispatch", description=__doc__.split("\n")[0])
+    parser.add_argument("studies", nargs="+", help="studies of studies/studies.yaml")
+    parser.add_argument("--executor", choices=EXECUTORS, default="local")
+    parser.add_argument("--jobs", type=int, default=max(1, len(_gpu_ids()) or 1),
+                        help="tasks running at once (local: worker processes; slurm: the array's parallelism)")
+    parser.add_argument("--partition", help="SLURM partition")
+    parser.add_argument("--gpus-per-task", type=int, default=0)
+    parser.add_argument("--cpus-per-task", type=int, default=2)
+    parser.add_argument("--time", default="4:00:00", help="SLURM time limit per task, [D-]HH:MM[:SS]")
+    parser.add_argument("--remote", help="DVC remote URL the workers trade data through (default: the home "
+                        "studies cache, which needs a shared filesystem)")
+    parser.add_argument("--git-url", help="where workers clone the home commit from (default: this repository)")
+    parser.add_argument("--scratch", help="where workers make their clones (default: studies/.dispatch/scratch)")
+    parser.add_argument("--status", action="store_true", help="show done/running/failed/pending and exit")
+    parser.add_argument("--dry-run", action="store_true", help="list what would be sent, with its cost")
+    args = parser.parse_args(argv)
+    if args.jobs < 1:
+        raise DispatchError(f"dispatch: --jobs={args.jobs}; give at least 1")
+    raw = studies.load()
+    for name in args.studies:
+        studies.cells(raw, name)  # an unknown study: one line, before anything runs
+    if args.status:
+        return print(status(args.studies))
+    if args.dry_run:
+        return print(dry_run(args.studies))
+    if args.executor == "slurm":
+        if shutil.which("sbatch") is None:
+            raise DispatchError("dispatch: --executor slurm needs SLURM's sbatch on PATH; run on a login node")
+        executor = SlurmExecutor(args.jobs, STATE_DIR, args.partition, args.gpus_per_task, args.cpus_per_task,
+                                 args.time)
+    else:
+        executor = LocalExecutor(args.jobs, STATE_DIR)
+    from tqdm import tqdm
+
+    with tqdm(total=0, desc="cells", unit="cell", disable=None) as bar:
+        try:
+            failed = dispatch(args.studies, executor, args.remote, args.git_url, args.scratch, bar)
+        except KeyboardInterrupt:
+            print("dispatch: interrupted; running tasks cancelled, nothing partial kept", file=sys.stderr)
+            raise SystemExit(130) from None
+    if failed:
+        print(status(args.studies), file=sys.stderr)
+        raise DispatchError(f"dispatch: {len(failed)} task(s) failed ({', '.join(failed[:5])}); see the logs "
+                            f"above, then dispatch again to send what is missing")
+    print(f"dispatch: {', '.join(args.studies)} up to date; `dvc --cd studies repro` has nothing to run")
+
+
+if __name__ == "__main__":
+    main()

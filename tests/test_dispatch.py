@@ -1,0 +1,169 @@
+"""The dispatcher end to end: a tiny study sent to local workers, to a real single-node SLURM and through a
+DVC remote, each checked byte for byte against a plain sequential `dvc repro` of the same study."""
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lmc import dispatch
+
+from .slurm import slurm_cluster  # noqa: F401  (a fixture)
+from .test_pipeline import TINY_STUDIES, commit, copy_repo, ran, sh
+
+pytestmark = pytest.mark.e2e
+
+# Four cells, one of them a spawn cell reading a trunk (a cached output that must travel too).
+STUDIES = copy.deepcopy(TINY_STUDIES)
+STUDIES["studies"] = {
+    "tiny": {"title": "tiny", "finding": "none", "base": {"model": "mlp", "dataset": "mnist"},
+             "axes": {"lr": {"hi": {"lr": 0.1}, "med": {"lr": 0.01}}, "opt": {"sgd": {}, "adam": {"optimizer": "adam"}}},
+             "figure": {"x": "lr", "y": "barrier"}},
+    "tinyspawn": {"title": "t", "finding": "none", "shared_trunk": True,
+                  "base": {"model": "mlp", "dataset": "mnist", "pairs": 2, "epochs": 2},
+                  "axes": {"k": {"k0": {"spawn_step": 0}, "k3": {"spawn_step": 3}}},
+                  "figure": {"x": "spawn_step", "y": "barrier"}},
+}
+CELLS = {"tiny-hi-sgd", "tiny-hi-adam", "tiny-med-sgd", "tiny-med-adam"}
+
+
+def study_repo(path: Path) -> Path:
+    repo = copy_repo(path, {"download": False})
+    (repo / "studies/studies.yaml").write_text(yaml.safe_dump(STUDIES, sort_keys=False))
+    (repo / "studies/dvc.lock").unlink()
+    sh(repo, "rm", "-r", "studies/out")
+    sh(repo, sys.executable, "-m", "lmc.studies_dvc")
+    commit(repo, "tiny studies")
+    return repo
+
+
+def results(repo: Path) -> dict[str, bytes]:
+    """The bytes a study run leaves: the studies lock and every cell's and report's output."""
+    files = [repo / "studies/dvc.lock", *sorted((repo / "studies/out").rglob("*.json")),
+             *sorted((repo / "reports").glob("tiny*"))]
+    return {str(f.relative_to(repo)): f.read_bytes() for f in files}
+
+
+def report_runs_no_cell(repo: Path, names=("tiny", "tinyspawn")) -> None:
+    """After a dispatch the home `dvc repro` of the reports trains nothing: only the reports (and the
+    always-changed source stage) run."""
+    reports = [f"report-{n}" for n in names]
+    out = sh(repo / "studies", "dvc", "repro", *reports).stdout
+    assert set(ran(out)) <= {"source-mnist", *reports}, ran(out)
+
+
+def of_tiny(files: dict[str, bytes]) -> dict:
+    """Study tiny's part of `results`: its outputs and its stages' lock entries."""
+    lock = yaml.safe_load(files["studies/dvc.lock"])["stages"]
+    return {"lock": {k: v for k, v in lock.items() if k.startswith("tiny-") or k in ("report-tiny", "prepare-mnist")},
+            **{k: v for k, v in files.items() if "/tiny/" in k or k.startswith("reports/tiny.")}}
+
+
+@pytest.fixture(scope="module")
+def sequential(tmp_path_factory):
+    repo = study_repo(tmp_path_factory.mktemp("sequential"))
+    sh(repo / "studies", "dvc", "repro", "report-tiny", "report-tinyspawn")
+    return results(repo)
+
+
+def dispatch_cmd(repo, *args, check=True, env=None):
+    proc = subprocess.run([sys.executable, "-m", "lmc.dispatch", *args], cwd=repo, capture_output=True, text=True,
+                          env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+                               **(env or {})})
+    if check and proc.returncode:
+        raise AssertionError(f"dispatch {args} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def test_local_workers_give_the_bytes_of_a_sequential_run(tmp_path, sequential):
+    repo = study_repo(tmp_path)
+    dry = dispatch_cmd(repo, "tiny", "tinyspawn", "--dry-run").stdout
+    assert "tiny: 4 to send" in dry and "tinyspawn: 3 to send" in dry and "CPU-hours" in dry
+    out = dispatch_cmd(repo, "tiny", "tinyspawn", "--jobs", "2")
+    # the trunk with the cells that need no trunk, then the spawn cells once their trunk is home
+    assert "sending 5 task(s)" in out.stderr and "sending 2 task(s)" in out.stderr
+    report_runs_no_cell(repo)
+    assert results(repo) == sequential
+    status = dispatch_cmd(repo, "tiny", "tinyspawn", "--status").stdout
+    assert "tiny: 4 done, 0 running, 0 failed, 0 pending" in status
+    assert "tinyspawn: 3 done" in status
+    again = dispatch_cmd(repo, "tiny", "tinyspawn", "--jobs", "2").stderr
+    assert "sending" not in again  # nothing left to send
+
+
+def test_a_killed_worker_leaves_its_cell_failed_and_the_next_dispatch_sends_only_it(tmp_path, sequential):
+    repo = study_repo(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "lmc.dispatch", "tiny", "--jobs", "2"], cwd=repo,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    records = repo / "studies/.dispatch/records.json"
+    victim = None
+    deadline = time.time() + 120
+    while victim is None and time.time() < deadline:
+        time.sleep(0.2)
+        running = json.loads(records.read_text()) if records.exists() else {}
+        victim = next((r for r in running.values() if r["state"] == "running"), None)
+    assert victim is not None, "no worker started"
+    time.sleep(2)  # mid-cell: cloning, pulling or training
+    os.killpg(victim["pid"], signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "1 task(s) failed" in err
+    failed = [s for s, r in json.loads(records.read_text()).items() if r["state"] == "failed"]
+    assert len(failed) == 1
+    assert not (repo / "studies/out/tiny" / f"{failed[0][len('tiny-'):]}.json").exists()  # nothing partial
+    assert failed[0] not in yaml.safe_load((repo / "studies/dvc.lock").read_text())["stages"]
+    status = dispatch_cmd(repo, "tiny", "--status").stdout
+    assert "tiny: 3 done, 0 running, 1 failed, 0 pending" in status and f"failed {failed[0]}: " in status
+    out = dispatch_cmd(repo, "tiny", "--jobs", "2").stderr
+    assert "sending 1 task(s)" in out
+    report_runs_no_cell(repo, ["tiny"])
+    assert of_tiny(results(repo)) == of_tiny(sequential)
+
+
+def test_through_a_dvc_remote_without_the_home_workspace(tmp_path, sequential):
+    """Workers clone from a separate git remote and trade every cached file through a DVC remote."""
+    repo = study_repo(tmp_path / "home")
+    bare = tmp_path / "origin.git"
+    sh(tmp_path, "git", "clone", "-q", "--bare", str(repo), str(bare))
+    remote = tmp_path / "dvc-remote"
+    dispatch_cmd(repo, "tiny", "tinyspawn", "--jobs", "2", "--remote", str(remote), "--git-url", str(bare),
+                 "--scratch", str(tmp_path / "node-scratch"))
+    assert any((remote / "files/md5").rglob("*")), "nothing went through the remote"
+    report_runs_no_cell(repo)
+    assert results(repo) == sequential
+
+
+def test_slurm_array_job_gives_the_bytes_of_a_sequential_run(tmp_path, sequential, slurm_cluster):  # noqa: F811
+    repo = study_repo(tmp_path)
+    out = dispatch_cmd(repo, "tiny", "tinyspawn", "--executor", "slurm", "--jobs", "4", "--partition",
+                       slurm_cluster.partition, "--cpus-per-task", "1", "--time", "0:10:00")
+    assert "sending 5 task(s)" in out.stderr and "sending 2 task(s)" in out.stderr
+    logs = list((repo / "studies/.dispatch/slurm").rglob("*_log.out"))
+    assert len(logs) == 7  # one log per task: the trunk and the six cells
+    report_runs_no_cell(repo)
+    assert results(repo) == sequential
+
+
+def test_uncommitted_inputs_and_unknown_studies_are_refused_in_one_line(tmp_path):
+    repo = study_repo(tmp_path)
+    proc = dispatch_cmd(repo, "table9", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: studies: no study 'table9'")
+    (repo / "lmc/spec.py").write_text((repo / "lmc/spec.py").read_text() + "\n# edited\n")
+    proc = dispatch_cmd(repo, "tiny", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: dispatch: lmc/spec.py (and 0 more) differ from the last commit; workers run the commit, so "
+        "commit your changes first, then dispatch"]
+    assert not (repo / "studies/out").exists()
+
+
+def test_slurm_time_limits():
+    assert dispatch._minutes("4:00:00") == 240 and dispatch._minutes("1-00:30") == 1470
+    assert dispatch._minutes("90") == 90 and dispatch._minutes("0:10:01") == 11
+    with pytest.raises(dispatch.DispatchError, match="not a SLURM time limit"):
+        dispatch._minutes("four hours")
