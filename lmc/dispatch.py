@@ -124,10 +124,12 @@ def upstream(stage: str, defs: dict, cached: bool = False) -> list[str]:
 
 
 def stale(stages: list[str]) -> list[str]:
-    """The stages among `stages` whose lock does not match the workspace (`dvc status` of those alone)."""
+    """The stages among `stages` whose lock does not match the workspace (each one's own changes, as `dvc status`
+    reports them)."""
     if not stages:
         return []
-    changed = json.loads(dvc("status", "--json", *stages).stdout or "{}")
+    # The whole project at once: naming 100 targets makes dvc collect the pipeline 100 times (minutes).
+    changed = json.loads(dvc("status", "--json").stdout or "{}")
     return [s for s in stages if s in changed]
 
 
@@ -433,15 +435,17 @@ def dry_run(names: list[str]) -> str:
     raw = studies.load()
     per_study = study_stages(raw, names)
     todo = set(stale([s for stages in per_study.values() for s in stages]))
-    lines = []
+    lines, devices = [], set()
     for study, stages in per_study.items():
         mine = [s for s in stages if s in todo]
         specs = [studies.resolve(raw, studies.find_cell(raw, study, s[len(study) + 1:]))
                  for s in mine if s != f"trunk-{study}"]
         device = specs[0].device if specs else "cpu"
+        devices.add(device)
         lines.append(f"{study}: {len(mine)} to send, about {sum(map(cost.cell_hours, specs)):.2f} "
-                     f"{device.upper()}-hours ({cost.basis(device)})")
+                     f"{device.upper()}-hours")
         lines += [f"  {s}" for s in mine]
+    lines += [f"{d.upper()}-hours {cost.basis(d)} (lmc/cost.py)" for d in sorted(devices)]
     return "\n".join(lines + unprepared_note(raw, names))
 
 
@@ -533,7 +537,7 @@ def dispatch(names: list[str], executor, remote: str | None, git_url: str | None
                 at += 1
             if at < len(plan):
                 time.sleep(0.5)
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl-C, or a stage at home that failed: no task is left running behind us
         executor.cancel()
         save_records({s: r for s, r in records.items() if r["state"] != "running"})
         raise
@@ -542,7 +546,8 @@ def dispatch(names: list[str], executor, remote: str | None, git_url: str | None
 
 def _blocked(stage: str, defs: dict, plan: list[str], failed: list[str]) -> bool:
     """Whether `stage` reads (through any chain of the plan's stages) the output of a failed stage."""
-    return bool(failed) and any(u in failed or _blocked(u, defs, plan, failed) for u in upstream(stage, defs) if u in plan)
+    return bool(failed) and any(u in failed or _blocked(u, defs, plan, failed)
+                                for u in upstream(stage, defs) if u in plan)
 
 
 @entry

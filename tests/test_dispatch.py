@@ -126,6 +126,31 @@ def test_a_killed_worker_leaves_its_cell_failed_and_the_next_dispatch_sends_only
     assert of_tiny(results(repo)) == of_tiny(sequential)
 
 
+def test_ctrl_c_cancels_the_workers_and_keeps_nothing_partial(tmp_path):
+    repo = study_repo(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "lmc.dispatch", "tiny", "--jobs", "2"], cwd=repo,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    records = repo / "studies/.dispatch/records.json"
+    pids = []
+    deadline = time.time() + 120
+    while len(pids) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+        running = json.loads(records.read_text()) if records.exists() else {}
+        pids = [r["pid"] for r in running.values() if r.get("pid")]
+    assert len(pids) == 2, "the workers did not start"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted; running tasks cancelled" in err
+    for pid in pids:  # each worker's whole process group (its dvc, the stage) is gone
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pid, 0)
+    assert not list((repo / "studies/out").rglob("*.json"))  # nothing partial
+    assert not any(s.startswith("tiny-") for s in yaml.safe_load((repo / "studies/dvc.lock").read_text())["stages"])
+    assert json.loads(records.read_text()) == {}
+    assert "tiny: 0 done, 0 running, 0 failed, 4 pending" in dispatch_cmd(repo, "tiny", "--status").stdout
+
+
 def test_through_a_dvc_remote_without_the_home_workspace(tmp_path, sequential):
     """Workers clone from a separate git remote and trade every cached file through a DVC remote."""
     repo = study_repo(tmp_path / "home")

@@ -137,8 +137,11 @@ def test_exp_show_leads_with_the_barriers_and_has_no_study_column(tiny_repo):
 
 def test_experiment_reruns_only_train_and_later_and_is_compared(tiny_repo):
     commit(tiny_repo, "baseline")
-    out = sh(tiny_repo, "dvc", "exp", "run", "-S", "optimizer=adam", "-S", "lr=0.005").stdout
+    proc = sh(tiny_repo, "dvc", "exp", "run", "-S", "optimizer=adam", "-S", "lr=0.005")
+    out = proc.stdout
     assert set(ran(out)) == {"check", "source", "train", "interpolate", "report", "layerwise"}  # in any order
+    noise = [l for l in (proc.stdout + proc.stderr).splitlines() if "WARNING" in l or "%|" in l]
+    assert not noise, noise  # no warning about anything but this run, no progress bar off a terminal
     table = json.loads(sh(tiny_repo, "dvc", "exp", "show", "--json").stdout)
     text = json.dumps(table)
     assert '"optimizer": "adam"' in text and '"optimizer": "sgd"' in text and "barrier_test" in text
