@@ -550,6 +550,10 @@ def _blocked(stage: str, defs: dict, plan: list[str], failed: list[str]) -> bool
                                 for u in upstream(stage, defs) if u in plan)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 @entry
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
@@ -589,6 +593,9 @@ def main(argv: list[str] | None = None) -> None:
         executor = LocalExecutor(args.jobs, STATE_DIR)
     from tqdm import tqdm
 
+    # `kill` (SIGTERM) cancels like Ctrl-C; a background launch (`nohup ... &`) ignores SIGINT, so it is restored.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     with tqdm(total=0, desc="cells", unit="cell", disable=None) as bar:
         try:
             failed = dispatch(args.studies, executor, args.remote, args.git_url, args.scratch, bar)

@@ -126,7 +126,7 @@ def test_a_killed_worker_leaves_its_cell_failed_and_the_next_dispatch_sends_only
     assert of_tiny(results(repo)) == of_tiny(sequential)
 
 
-def test_ctrl_c_cancels_the_workers_and_keeps_nothing_partial(tmp_path):
+def test_kill_cancels_the_workers_and_keeps_nothing_partial(tmp_path):
     repo = study_repo(tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "lmc.dispatch", "tiny", "--jobs", "2"], cwd=repo,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -139,7 +139,7 @@ def test_ctrl_c_cancels_the_workers_and_keeps_nothing_partial(tmp_path):
         running = json.loads(records.read_text()) if records.exists() else {}
         pids = [r["pid"] for r in running.values() if r.get("pid")]
     assert len(pids) == 2, "the workers did not start"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGTERM)  # `kill` cancels as Ctrl-C does (SIGINT is ignored under `nohup ... &`)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "interrupted; running tasks cancelled" in err
     for pid in pids:  # each worker's whole process group (its dvc, the stage) is gone
