@@ -48,14 +48,19 @@ INPUTS = ("lmc", "stages", "studies/studies.yaml", "studies/dvc.yaml", "params.y
           "requirements.txt")
 
 
+BIN = Path(sys.executable).parent
+# The stages' commands say `python`: this environment's, whatever PATH the dispatcher (or a node) was given.
+ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
 class DispatchError(SpecError):
     """A dispatch that cannot start or whose result cannot be taken home (one line, like a bad param)."""
 
 
 def dvc(*args: str, cwd: Path = STUDIES_DIR, check: bool = True) -> subprocess.CompletedProcess:
     """The dvc of this Python's environment, in the studies project (or `cwd`)."""
-    exe = Path(sys.executable).parent / "dvc"
-    proc = subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True)
+    proc = subprocess.run([str(BIN / "dvc"), "--wait-for-lock", *args], cwd=cwd, capture_output=True, text=True,
+                          env=ENV)
     if check and proc.returncode:
         lines = (proc.stderr + proc.stdout).strip().splitlines()
         last = next((l for l in lines if l.startswith(("ERROR", "error"))), lines[-1] if lines else "no output")
@@ -136,21 +141,20 @@ def stale(stages: list[str]) -> list[str]:
 def check_committed() -> str:
     """The home commit the workers will run; refuses when the inputs differ from it (they would compute
     something else than home records)."""
-    dirty = git("diff", "--name-only", "HEAD", "--", *INPUTS).splitlines()
+    dirty = (git("diff", "--name-only", "HEAD", "--", *INPUTS).splitlines()
+             + git("ls-files", "--others", "--exclude-standard", "--", *INPUTS).splitlines())
     if dirty:
         raise DispatchError(f"dispatch: {dirty[0]} (and {len(dirty) - 1} more) differ from the last commit; "
                             f"workers run the commit, so commit your changes first, then dispatch")
     return git("rev-parse", "HEAD")
 
 
-def add_lock_entries(lock_file: Path, entries: dict) -> str:
-    """Put `entries` (stage -> lock entry) into a dvc.lock so that `dvc pull <stage>` knows what to fetch;
-    returns the file's text before (DVC rewrites it in its own format at the next commit or repro)."""
-    before = lock_file.read_text() if lock_file.exists() else "schema: '2.0'\nstages: {}\n"
-    lock = yaml.safe_load(before)
+def add_lock_entries(lock_file: Path, entries: dict) -> None:
+    """Put `entries` (stage -> lock entry) into a dvc.lock so that `dvc pull <stage>` knows what to fetch
+    (DVC rewrites the file in its own format at the next commit or repro)."""
+    lock = yaml.safe_load(lock_file.read_text()) if lock_file.exists() else {"schema": "2.0", "stages": {}}
     lock["stages"].update(entries)
     write_text_atomic(lock_file, yaml.safe_dump(lock, sort_keys=False))
-    return before
 
 
 # -- the worker side ---------------------------------------------------------------------------------------
@@ -168,8 +172,8 @@ def run_task(task: Task) -> dict:
         if task.pull:
             add_lock_entries(proj / "dvc.lock", task.pull)
             dvc("pull", "-r", "dispatch", *task.pull, cwd=proj)
-        run = subprocess.run([str(Path(sys.executable).parent / "dvc"), "repro", "--single-item", task.stage],
-                             cwd=proj, stderr=subprocess.PIPE, text=True)
+        run = subprocess.run([str(BIN / "dvc"), "repro", "--single-item", task.stage], cwd=proj,
+                             stderr=subprocess.PIPE, text=True, env=ENV)
         if run.returncode:
             sys.stderr.write(run.stderr)
             last = next((l for l in reversed(run.stderr.splitlines()) if l.strip()), "no output")
@@ -187,6 +191,7 @@ def run_task(task: Task) -> dict:
 
 def worker_main(task_file: str, result_file: str) -> None:
     """`python -m lmc.dispatch --worker TASK RESULT` (the local executor's process)."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # cancelled: run_task's finally removes the clone
     task = Task(**json.loads(Path(task_file).read_text()))
     result = run_task(task)
     write_text_atomic(result_file, json.dumps(result))
@@ -196,28 +201,41 @@ def worker_main(task_file: str, result_file: str) -> None:
 
 def take_home(result: dict) -> None:
     """Write a task's uncached outputs (md5-checked against the worker's lock), pull its cached ones, and
-    record the stage with `dvc commit`; the lock entry home computes must equal the worker's."""
+    record the stage with `dvc commit`; the lock entry home computes must equal the worker's. On any failure
+    the lock and the outputs are put back as they were: nothing partial stays home."""
     stage, lock_entry = result["stage"], result["lock"]
     want = {o["path"]: o["md5"] for o in lock_entry.get("outs", [])}
-    for path, b64 in result["files"].items():
-        payload = base64.b64decode(b64)
-        if md5(payload) != want.get(path):
-            raise DispatchError(f"dispatch: {stage}'s {path} came back damaged (md5 differs from its lock); "
-                                f"dispatch again")
-        write_bytes_atomic(STUDIES_DIR / path, payload)  # lock paths are relative to the studies project
-    if len(result["files"]) < len(want):  # cached outputs: pulled by the md5s of the worker's lock entry
-        lock_file = studies.DVC_FILE.with_suffix(".lock")
-        before = add_lock_entries(lock_file, {stage: lock_entry})
-        try:
+    lock_file = studies.DVC_FILE.with_suffix(".lock")
+    before = lock_file.read_text() if lock_file.exists() else None
+    written = []
+    try:
+        for path, b64 in result["files"].items():
+            payload = base64.b64decode(b64)
+            if md5(payload) != want.get(path):
+                raise DispatchError(f"dispatch: {stage}'s {path} came back damaged (md5 differs from its lock); "
+                                    f"dispatch again")
+            target = STUDIES_DIR / path  # lock paths are relative to the studies project
+            written.append((target, target.read_bytes() if target.exists() else None))
+            write_bytes_atomic(target, payload)
+        if len(result["files"]) < len(want):  # cached outputs: pulled by the md5s of the worker's lock entry
+            add_lock_entries(lock_file, {stage: lock_entry})
             dvc("pull", "-r", "dispatch", stage)
-        except DispatchError:
+        dvc("commit", "-f", "-q", stage)
+        home = yaml.safe_load(lock_file.read_text())["stages"][stage]
+        if home != lock_entry:
+            raise DispatchError(f"dispatch: {stage} was recorded at home with other hashes than the worker's "
+                                f"(different code, params or data?); run `dvc --cd studies repro {stage}` here")
+    except BaseException:
+        if before is None:
+            lock_file.unlink(missing_ok=True)
+        else:
             write_text_atomic(lock_file, before)
-            raise
-    dvc("commit", "-f", "-q", stage)
-    home = yaml.safe_load(studies.DVC_FILE.with_suffix(".lock").read_text())["stages"][stage]
-    if home != lock_entry:
-        raise DispatchError(f"dispatch: {stage} was recorded at home with other hashes than the worker's "
-                            f"(different code, params or data?); run `dvc --cd studies repro {stage}` here")
+        for target, old in written:
+            if old is None:
+                target.unlink(missing_ok=True)
+            else:
+                write_bytes_atomic(target, old)
+        raise
 
 
 # -- executors ---------------------------------------------------------------------------------------------
@@ -261,8 +279,8 @@ class LocalExecutor:
                     [sys.executable, "-m", "lmc.dispatch", "--worker", str(files["task"]), str(files["result"])],
                     stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True))
 
-    def pids(self) -> dict[str, int]:
-        return {task.stage: proc.pid for task, proc in self.running.values()}
+    def ids(self) -> dict[str, dict]:
+        return {task.stage: {"pid": proc.pid} for task, proc in self.running.values()}
 
     def poll(self) -> list[tuple[str, Path, dict | None]]:
         """Finished tasks: (stage, log, result), result None when the task failed or was killed."""
@@ -294,35 +312,51 @@ class LocalExecutor:
 
 
 class SlurmExecutor:
-    """An array job through submitit per batch of ready tasks, one array task per stage, at most `jobs`
-    running at once. Without accounting (slurmdbd) submitit cannot tell how a task ended, so a task that left
+    """Array jobs through submitit, one array task per stage, at most `jobs` tasks out at once (queued here
+    beyond that). Without accounting (slurmdbd) submitit cannot tell how a task ended, so a task that left
     `squeue` without a result file failed (killed, cancelled, out of time)."""
 
     def __init__(self, jobs: int, state: Path, partition: str | None, gpus_per_task: int, cpus_per_task: int,
                  time_limit: str):
         import submitit
 
+        self.limit = jobs
         self.executor = submitit.AutoExecutor(folder=str(state / "slurm" / "%j"), cluster="slurm")
-        params = dict(timeout_min=_minutes(time_limit), cpus_per_task=cpus_per_task, slurm_array_parallelism=jobs,
-                      name="lmc-dispatch")
+        params = dict(timeout_min=_minutes(time_limit), cpus_per_task=cpus_per_task, name="lmc-dispatch")
         if partition:
             params["slurm_partition"] = partition
         if gpus_per_task:
-            params["gpus_per_node"] = gpus_per_task
+            params["gpus_per_node"] = gpus_per_task  # one task per node: its GPUs
         self.executor.update_parameters(**params)
+        self.queue: list[Task] = []
         self.jobs: list[tuple[Task, object]] = []
 
     def submit(self, tasks: list[Task]) -> list[tuple[str, dict]]:
-        jobs = self.executor.map_array(run_task, tasks)
-        self.jobs += list(zip(tasks, jobs))
-        return [(t.stage, {"executor": "slurm", "job": j.job_id, "log": str(j.paths.stdout)})
-                for t, j in zip(tasks, jobs)]
+        self.queue += tasks
+        self._start()
+        return [(t.stage, {"executor": "slurm", "dispatcher": os.getpid()}) for t in tasks]
 
-    def pids(self) -> dict[str, int]:
-        return {}
+    def _start(self) -> None:
+        batch, self.queue = self.queue[:self.limit - len(self.jobs)], self.queue[self.limit - len(self.jobs):]
+        if not batch:
+            return
+        try:
+            jobs = self.executor.map_array(run_task, batch)
+        except Exception as err:  # noqa: BLE001 (sbatch refused: partition, QOS, time limit...)
+            self.queue = batch + self.queue
+            last = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+            raise DispatchError(f"dispatch: SLURM refused the job ({last}); check --partition, --time and "
+                                f"--gpus-per-task") from None
+        self.jobs += list(zip(batch, jobs))
+
+    def ids(self) -> dict[str, dict]:
+        return {t.stage: {"job": j.job_id, "log": str(j.paths.stdout)} for t, j in self.jobs}
 
     def poll(self) -> list[tuple[str, Path, dict | None]]:
-        done, queued = [], _squeue()
+        queued = _squeue()
+        if queued is None:  # squeue did not answer: ask again next round rather than fail every task
+            return []
+        done = []
         for task, job in list(self.jobs):
             if job.paths.result_pickle.exists():
                 try:
@@ -335,19 +369,24 @@ class SlurmExecutor:
                 continue
             self.jobs.remove((task, job))
             done.append((task.stage, Path(job.paths.stdout), result))
+        self._start()
         return done
 
     def cancel(self) -> None:
+        self.queue.clear()
         for _, job in self.jobs:
             with contextlib.suppress(Exception):
                 job.cancel(check=False)  # scancel
         self.jobs.clear()
 
 
-def _squeue() -> set[str]:
-    """Job ids (as submitit names them, array tasks as <job>_<task>) in SLURM's queue."""
-    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True).stdout
-    return set(out.split())
+def _squeue() -> set[str] | None:
+    """Job ids (as submitit names them, array tasks as <job>_<task>) in SLURM's queue; None if squeue failed."""
+    try:
+        proc = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return set(proc.stdout.split()) if proc.returncode == 0 else None
 
 
 def _gpu_ids() -> list[str]:
@@ -391,15 +430,14 @@ def last_error(log: Path) -> str:
 
 
 def alive(record: dict) -> bool:
-    """Whether a task recorded as running still is: a local one lives with its dispatcher, a SLURM one while
-    it is in the queue."""
-    if record["executor"] == "local":
-        try:
-            os.kill(record["dispatcher"], 0)
-        except OSError:
-            return False
-        return True
-    return record["job"] in _squeue()
+    """Whether a task recorded as running still is: its dispatcher (the only one that can take it home) is
+    alive, and a SLURM task that was submitted is still in the queue (or squeue cannot tell)."""
+    try:
+        os.kill(record["dispatcher"], 0)
+    except OSError:
+        return False
+    queued = _squeue() if record.get("job") else None
+    return queued is None or record["job"] in queued
 
 
 # -- the dispatcher ----------------------------------------------------------------------------------------
@@ -425,8 +463,9 @@ def status(names: list[str]) -> str:
                 groups["pending"].append(s)
         lines.append(f"{study}: " + ", ".join(f"{len(v)} {k}" for k, v in groups.items()))
         for s in groups["failed"]:
-            lines.append(f"  failed {s}: {records[s]['log']}: "
-                         f"{records[s].get('error') or last_error(Path(records[s]['log']))}")
+            log = records[s].get("log")
+            lines.append(f"  failed {s}: {log or 'no log'}: "
+                         f"{records[s].get('error') or (last_error(Path(log)) if log else 'never started')}")
     return "\n".join(lines + unprepared_note(raw, names))
 
 
@@ -460,7 +499,11 @@ def planned(targets: list[str]) -> list[str]:
         wanted = collect_stages(repo, [f"{dvc_file}:{t}" for t in targets])
         steps = [s.name for s in plan_repro(get_active_graph(repo.index.graph), wanted)]
     behind = set(stale([s for s in steps if sent_out(s)]))
-    return [s for s in steps if not sent_out(s) or s in behind]
+    defs, plan = stage_defs(), []
+    for s in steps:  # a cell below a trunk that reruns reruns too, as in a sequential repro
+        if not sent_out(s) or s in behind or any(u in plan and sent_out(u) for u in upstream(s, defs)):
+            plan.append(s)
+    return plan
 
 
 def sent_out(stage: str) -> bool:
@@ -502,9 +545,9 @@ def dispatch(names: list[str], executor, remote: str | None, git_url: str | None
                     records[s] = {"state": "running", **job}
                 sent.update(ready)
                 save_records(records)
-            for stage, pid in executor.pids().items():
-                if records.get(stage, {}).get("pid") != pid:
-                    records[stage]["pid"] = pid
+            for stage, ids in executor.ids().items():  # worker pids, SLURM job ids and logs, once known
+                if any(records[stage].get(k) != v for k, v in ids.items()):
+                    records[stage].update(ids)
                     save_records(records)
             for stage, log, result in executor.poll():
                 results[stage] = result

@@ -139,6 +139,10 @@ def test_kill_cancels_the_workers_and_keeps_nothing_partial(tmp_path):
         running = json.loads(records.read_text()) if records.exists() else {}
         pids = [r["pid"] for r in running.values() if r.get("pid")]
     assert len(pids) == 2, "the workers did not start"
+    scratch = repo / "studies/.dispatch/scratch"
+    while not (scratch.exists() and any(scratch.iterdir())) and time.time() < deadline:
+        time.sleep(0.2)  # until a worker has its clone
+    assert any(scratch.iterdir()), "no worker made its clone"
     proc.send_signal(signal.SIGTERM)  # `kill` cancels as Ctrl-C does (SIGINT is ignored under `nohup ... &`)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "interrupted; running tasks cancelled" in err
@@ -148,6 +152,7 @@ def test_kill_cancels_the_workers_and_keeps_nothing_partial(tmp_path):
     assert not list((repo / "studies/out").rglob("*.json"))  # nothing partial
     assert not any(s.startswith("tiny-") for s in yaml.safe_load((repo / "studies/dvc.lock").read_text())["stages"])
     assert json.loads(records.read_text()) == {}
+    assert not list(scratch.iterdir())  # the cancelled workers removed their clones
     assert "tiny: 0 done, 0 running, 0 failed, 4 pending" in dispatch_cmd(repo, "tiny", "--status").stdout
 
 
