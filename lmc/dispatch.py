@@ -185,12 +185,36 @@ def run_task(task: Task) -> dict:
             dvc("push", "-r", "dispatch", task.stage, cwd=proj)
         files = {p: base64.b64encode((proj / p).read_bytes()).decode() for p in uncached}
         return {"stage": task.stage, "lock": entry_, "files": files}
+    except BaseException:
+        reap_descendants()  # a cancelled stage may still be exiting; it must not write into a removed clone
+        raise
     finally:
         shutil.rmtree(ws, ignore_errors=True)
 
 
+def become_subreaper() -> None:
+    """Orphaned descendants (the stage, once its dvc is killed) are re-parented to this process rather than
+    to init, so that `reap_descendants` can wait for them (Linux; elsewhere a no-op)."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+def reap_descendants(timeout: float = 20.0) -> None:
+    """Wait (bounded) until this process has no child left, orphans included under `become_subreaper`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if not pid:
+            time.sleep(0.05)
+
+
 def worker_main(task_file: str, result_file: str) -> None:
     """`python -m lmc.dispatch --worker TASK RESULT` (the local executor's process)."""
+    become_subreaper()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # cancelled: run_task's finally removes the clone
     task = Task(**json.loads(Path(task_file).read_text()))
     result = run_task(task)
@@ -308,7 +332,23 @@ class LocalExecutor:
                 with contextlib.suppress(OSError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        for _, proc in self.running.values():
+            wait_group_gone(proc.pid)
         self.running.clear()
+
+
+def wait_group_gone(pgid: int, timeout: float = 10.0) -> None:
+    """Until no process of the group is left (a worker's exit does not prove its descendants are gone);
+    what outlives `timeout` is killed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.killpg(pgid, signal.SIGKILL if time.monotonic() > deadline else 0)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            return  # the group id was reused by another user's process: ours are gone
+        time.sleep(0.05)
 
 
 class SlurmExecutor:
