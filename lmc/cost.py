@@ -27,10 +27,11 @@ RATES = {
 @functools.lru_cache(maxsize=None)
 def _forward_flops(arch_items: tuple) -> int:
     arch = dict(arch_items)
-    model = models.build(arch)
+    with torch.device("meta"):  # shapes only: a paper-scale model (billions of weights) allocates nothing
+        model = models.build(arch)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         h, w, c = arch["in_shape"]
-        model(torch.zeros(1, c, h, w))  # normalized batches are (N, C, H, W)
+        model(torch.zeros(1, c, h, w, device="meta"))  # normalized batches are (N, C, H, W)
     return counter.get_total_flops()
 
 

@@ -1,9 +1,11 @@
 """Studies: the paper's tables and figures as grids of twin experiments, defined in studies/studies.yaml.
 
 A study's cells are the product of its axes. A cell's spec is Spec's defaults, then the scale's defaults,
-then the study's `base`, then one value of each axis, then an explicit `cells.<id>` entry if there is one;
-any value but `dataset` may be given per scale as {cpu: ..., paper: ...} (the scale's `datasets` mapping
-says what each scale trains on). lmc/studies_dvc.py turns the file into studies/dvc.yaml.
+then the study's `base`, then one value of each axis, then an explicit `cells.<id>` entry if there is one,
+then the scale's `overrides`. Any value but `dataset` may be given per scale as {cpu: ..., paper: ...} (the
+scale's `datasets` mapping says what each scale trains on); a scale with `like: <scale>` takes that scale's
+value where it names none of its own. A whole axis value may be given per scale too: a scale it does not
+name has no such cell. lmc/studies_dvc.py turns the file into studies/dvc.yaml.
 """
 from __future__ import annotations
 
@@ -24,7 +26,9 @@ DATA_DIR = Path("studies/data")
 OUT_DIR = Path("studies/out")
 TRUNK_DIR = Path("studies/trunk")
 REPORTS_DIR = Path("reports")
-SCALES = ("cpu", "paper")
+SCALES = ("cpu", "paper", "smoke")  # the scales a per-scale value may name; cpu and paper are required
+REQUIRED_SCALES = ("cpu", "paper")
+SCALE_KEYS = {"datasets", "defaults", "overrides", "like"}
 SLUG = re.compile(r"^[A-Za-z0-9_]+(-[A-Za-z0-9_]+)*$")
 CODE = ["lmc/__init__.py", "lmc/spec.py", "lmc/paths.py", "lmc/stage.py", "lmc/io.py", "lmc/seeds.py"]
 
@@ -46,12 +50,21 @@ def load(path: Path = STUDIES_FILE) -> dict:
     if not path.exists():
         raise SpecError(f"studies: {path} not found; run from the repository root")
     raw = yaml.safe_load(path.read_text())
-    if not isinstance(raw, dict) or raw.get("scale") not in SCALES:
+    defined = [s for s in SCALES if s in (raw.get("scales") or {})] if isinstance(raw, dict) else []
+    if not isinstance(raw, dict) or raw.get("scale") not in defined:
         raise SpecError(f"studies: scale={raw.get('scale') if isinstance(raw, dict) else None!r} in {path} "
-                        f"is not allowed; choose one of {', '.join(SCALES)}")
-    missing_scales = [s for s in SCALES if s not in raw.get("scales", {})]
+                        f"is not allowed; choose one of {', '.join(defined or SCALES)}")
+    missing_scales = [s for s in REQUIRED_SCALES if s not in defined]
     if missing_scales:
         raise SpecError(f"studies: {path} defines no scale(s) {', '.join(missing_scales)} under `scales:`")
+    for name, scale in raw["scales"].items():
+        if name not in SCALES:
+            raise SpecError(f"studies: unknown scale '{name}' under `scales:`; the scales are {', '.join(SCALES)}")
+        unknown, like = set(scale) - SCALE_KEYS, scale.get("like")
+        if unknown or (like is not None and (like not in defined or like == name)):
+            raise SpecError(f"studies: scale {name} has unknown key(s) or `like:` "
+                            f"{', '.join(sorted(unknown)) or scale.get('like')}; it may hold "
+                            f"{', '.join(sorted(SCALE_KEYS))} (`like:` one of the other scales)")
     for name, study in raw.get("studies", {}).items():
         if not SLUG.match(name):
             raise SpecError(f"studies: study name '{name}' may hold only letters, digits, _ and -")
@@ -78,13 +91,26 @@ def study_names(raw: dict) -> list[str]:
     return list(raw["studies"])
 
 
+def scale_names(raw: dict) -> list[str]:
+    """The scales the file defines."""
+    return [s for s in SCALES if s in raw["scales"]]
+
+
+def _is_per_scale(value) -> bool:
+    return isinstance(value, dict) and bool(value) and set(value) <= set(SCALES)
+
+
 def cells(raw: dict, study: str) -> list[Cell]:
+    """The study's cells at the file's scale (an axis value given per scale exists only where it is named)."""
     if study not in raw["studies"]:
         raise SpecError(f"studies: no study '{study}'; known: {', '.join(raw['studies'])}")
     s = raw["studies"][study]
     axes = s.get("axes", {})
     out = []
     for combo in itertools.product(*(list(values.items()) for values in axes.values())):
+        combo = [(name, _at_scale(value, raw["scale"], raw)) for name, value in combo]
+        if any(value is _UNSET for _, value in combo):
+            continue
         labels = {axis: name for axis, (name, _) in zip(axes, combo)}
         cell_id = "-".join(labels.values())
         keys = ([f"studies.{study}.base"] if "base" in s else []) + [
@@ -109,10 +135,12 @@ def find_cell(raw: dict, study: str, cell_id: str) -> Cell:
 _UNSET = object()  # a per-scale value that names only other scales: the key keeps its earlier value
 
 
-def _at_scale(value, scale: str):
-    if isinstance(value, dict) and value and set(value) <= set(SCALES):
-        return value.get(scale, _UNSET)
-    return value
+def _at_scale(value, scale: str, raw: dict):
+    """A per-scale value at `scale` (or at the scale it is `like`), _UNSET where neither is named."""
+    if not _is_per_scale(value):
+        return value
+    like = raw["scales"][scale].get("like")
+    return value.get(scale, value.get(like, _UNSET) if like else _UNSET)
 
 
 def paper_dataset(raw: dict, cell: Cell) -> str:
@@ -131,8 +159,8 @@ def resolve(raw: dict, cell: Cell, scale: str | None = None) -> Spec:
     """The cell's full, validated spec at `scale` (default: the file's)."""
     scale = scale or raw["scale"]
     merged = dict(raw["scales"][scale].get("defaults", {}))
-    for layer in cell.layers:
-        merged.update({k: v for k, v in ((k, _at_scale(v, scale)) for k, v in layer.items())
+    for layer in cell.layers + [raw["scales"][scale].get("overrides", {})]:
+        merged.update({k: v for k, v in ((k, _at_scale(v, scale, raw)) for k, v in layer.items())
                        if v is not _UNSET})
     merged["dataset"] = scaled_dataset({**raw, "scale": scale}, merged.get("dataset", Spec().dataset))
     try:

@@ -18,22 +18,30 @@ def test_generated_dvc_yaml_is_up_to_date():
 
 
 @pytest.mark.parametrize("scale", studies.SCALES)
-def test_every_cell_resolves_to_a_valid_spec_at_both_scales(scale):
+def test_every_cell_resolves_to_a_valid_spec_at_every_scale(scale):
+    raw = {**RAW, "scale": scale}
     ids = []
-    for study in studies.study_names(RAW):
-        for cell in studies.cells(RAW, study):
-            spec = studies.resolve(RAW, cell, scale)
+    for study in studies.study_names(raw):
+        for cell in studies.cells(raw, study):
+            spec = studies.resolve(raw, cell)
             ids.append(f"{study}-{cell.id}")
-            if studies.paper_dataset(RAW, cell) == "mnist":
+            if studies.paper_dataset(raw, cell) == "mnist":
                 assert spec.dataset == ("mnist5k" if scale == "cpu" else "mnist")
+            if scale == "smoke":  # the paper's settings, 2 epochs
+                paper = studies.resolve({**raw, "scale": "paper"}, cell)
+                assert spec.epochs == 2 and spec.device == "cuda"
+                assert (spec.batch_size, spec.width, spec.pairs) == (paper.batch_size, paper.width, paper.pairs)
     assert len(ids) == len(set(ids))
 
 
 def test_per_scale_values_and_layer_precedence():
     cell = studies.find_cell(RAW, "table1", "L1-bs30k-adam-hi")
-    cpu, paper = (studies.resolve(RAW, cell, s) for s in studies.SCALES)
+    cpu, paper, smoke = (studies.resolve(RAW, cell, s) for s in studies.SCALES)
     assert (cpu.model, cpu.depth, cpu.optimizer, cpu.lr) == ("linear", 1, "adam", 0.005)
     assert (cpu.batch_size, cpu.epochs, paper.batch_size, paper.epochs) == (2000, 100, 30000, 200)
+    assert (smoke.batch_size, smoke.epochs) == (30000, 2)  # like: paper, then the smoke scale's overrides
+    warm = studies.find_cell(RAW, "table2", "adam-hi-warmup")
+    assert [studies.resolve(RAW, warm, s).warmup_epochs for s in studies.SCALES] == [1, 10, 1]  # its own value
     plain = studies.resolve(RAW, studies.find_cell(RAW, "table1", "L4-sgd-med"), "cpu")
     assert (plain.batch_size, plain.epochs, plain.width) == (128, 20, 512)  # the cpu scale's defaults
     assert studies.resolve(RAW, studies.find_cell(RAW, "fig2", "vit-lo"), "paper").width == "auto"
@@ -50,8 +58,21 @@ def test_a_cell_depends_on_exactly_the_entries_that_define_it():
     cell = studies.find_cell(RAW, "fig1", "L4-p0_3")
     assert cell.param_keys == ["studies.fig1.base", "studies.fig1.axes.net.L4", "studies.fig1.axes.slope.p0_3"]
     stage = yaml.safe_load(studies_dvc.generate(RAW))["stages"]["fig1-L4-p0_3"]
-    assert stage["params"] == [{"studies.yaml": ["scale", "scales", *cell.param_keys]}]  # studies/ is its project
+    # its own scale's entry only (DVC fills ${scale} from `vars`); studies/ is its own project
+    assert stage["params"] == [{"studies.yaml": ["scale", "scales.${scale}", *cell.param_keys]}]
     assert "data/mnist/train.beton" in stage["deps"] and "../lmc/study_report.py" not in stage["deps"]
+
+
+def test_an_axis_value_given_per_scale_exists_only_at_the_scales_it_names():
+    ids = {scale: {c.id for c in studies.cells({**RAW, "scale": scale}, "width")} for scale in studies.SCALES}
+    assert "mlp-adam-hi-w2048" in ids["cpu"] and "mlp-adam-hi-w6272" not in ids["cpu"]
+    assert ids["paper"] == ids["smoke"] == ids["cpu"] | {f"{s}-w{w}" for s in RAW["studies"]["width"]["axes"]["setup"]
+                                                           for w in (4096, 6272)}
+    cell = studies.find_cell({**RAW, "scale": "paper"}, "width", "linear-L4-adam-hi-w6272")
+    assert (studies.resolve(RAW, cell, "paper").width, studies.resolve(RAW, cell, "paper").depth) == (6272, 4)
+    # the generated file holds the file's scale's cells: switching to a scale with other cells makes it stale
+    assert "width-mlp-sgd-hi-w6272" not in studies_dvc.generate(RAW)
+    assert "width-mlp-sgd-hi-w6272" in studies_dvc.generate({**RAW, "scale": "paper"})
 
 
 def test_bad_study_definitions_are_one_line_errors():
@@ -69,7 +90,12 @@ def test_bad_study_definitions_are_one_line_errors():
     (lambda r: r["studies"]["fig1"].pop("figure"), "study fig1 has no `figure:`"),
     (lambda r: r["studies"]["fig1"]["figure"].update(y="accuracy"), "figure needs x"),
     (lambda r: r.update(scale="gpu"), "scale='gpu'"),
-], ids=["duplicate ids", "no figure", "bad y", "bad scale"])
+    (lambda r: r["scales"].update(huge={}), "unknown scale 'huge'"),
+    (lambda r: r["scales"]["smoke"].update(like="tiny"), "scale smoke has unknown key.* or `like:` tiny"),
+    (lambda r: r["scales"]["smoke"].update(epochs=2), "scale smoke has unknown key.* epochs"),
+    (lambda r: r["scales"].pop("paper"), "defines no scale.* paper"),
+], ids=["duplicate ids", "no figure", "bad y", "bad scale", "unknown scale", "bad like", "bad scale key",
+        "no paper scale"])
 def test_bad_study_files_are_refused_on_load(tmp_path, change, message):
     raw = yaml.safe_load((ROOT / studies.STUDIES_FILE).read_text())
     change(raw)
