@@ -8,6 +8,7 @@ from scipy import stats
 
 from . import studies
 from .report import THRESHOLD, pair_metrics, save_figure
+from .studies_dvc import notes_path
 
 SPLITS = ("test", "train")  # the paper's order: Test / Train
 
@@ -78,9 +79,15 @@ def markdown(raw: dict, study: str, frame: pd.DataFrame) -> str:
     if pairs > 1:
         lines += [f"Several twin pairs per cell (up to {pairs}): barriers are means over the pairs, with the "
                   f"Student-t 95% interval of the mean; 'refined' adds α points around each curve's peak.", ""]
+    cross = "barrier_test_cross_init" in frame and frame["barrier_test_cross_init"].notna().any()
+    if cross:
+        lines += ["Cross-init: the barrier between A of pair 0 and A of pair 1, two different initializations "
+                  "(no alignment): what LMC from one shared Θ0 is measured against.", ""]
     head = axes + ["barrier test / train", "normalized test / train", "test acc A / B"]
     if pairs > 1:
         head += ["test barrier 95% interval", "refined test / train"]
+    if cross:
+        head += ["cross-init test / train"]
     if has_paper:
         head += ["paper test / train", ""]
     if has_acc:
@@ -98,6 +105,9 @@ def markdown(raw: dict, study: str, frame: pd.DataFrame) -> str:
             cells += ["–", "–"] if row["status"] != "ok" else [
                 f"{_pct(row['barrier_test_ci_low'])} – {_pct(row['barrier_test_ci_high'])}",
                 f"{_pct(row['barrier_test_refined'])} / {_pct(row['barrier_train_refined'])}"]
+        if cross:
+            cells.append("–" if row["status"] != "ok" else
+                         f"{_pct(row['barrier_test_cross_init'])} / {_pct(row['barrier_train_cross_init'])}")
         if has_paper:
             if row["paper_status"] == "unstable":
                 cells.append("unstable")
@@ -116,6 +126,9 @@ def markdown(raw: dict, study: str, frame: pd.DataFrame) -> str:
               f"{len(ok) - connected} not, {len(frame) - len(ok)} unstable."]
     if has_paper:
         lines.append(f"{(frame.apply(_flag, axis=1) == '⚠').sum()} cells flagged ⚠.")
+    notes = notes_path(study)
+    if notes.exists():  # written by hand against these results (studies/notes/<study>.md)
+        lines += ["", notes.read_text().rstrip()]
     return "\n".join(lines) + "\n"
 
 
@@ -128,6 +141,7 @@ def figure(raw: dict, study: str, frame: pd.DataFrame, path, pairs: pd.DataFrame
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.lines
     import matplotlib.ticker
     import seaborn as sns
 
@@ -135,6 +149,8 @@ def figure(raw: dict, study: str, frame: pd.DataFrame, path, pairs: pd.DataFrame
     cells = frame
     col = lambda name: name if name in frame.columns else f"spec_{name}"  # noqa: E731
     x, hue, y = col(fig_spec["x"]), (col(fig_spec["hue"]) if "hue" in fig_spec else None), fig_spec["y"]
+    if pd.api.types.is_numeric_dtype(frame.get(f"spec_{fig_spec['x']}", pd.Series(dtype=object))):
+        x = f"spec_{fig_spec['x']}"  # an axis named like a spec key (width: w128, …): plot along the values
     n = pairs.groupby("cell").size() if pairs is not None and len(pairs) else pd.Series(dtype=int)
     errorbar = None
     if len(n) and n.min() > 1 and n.nunique() == 1:  # one t quantile serves every cell only if they share n
@@ -150,23 +166,35 @@ def figure(raw: dict, study: str, frame: pd.DataFrame, path, pairs: pd.DataFrame
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, split in zip(axes, SPLITS):
         part = long[long["split"] == split]
-        hue_kw = {"hue": part[hue].astype(str), "palette": "viridis"} if hue else {}
+        hue_kw = {"hue": part[hue].astype(str), "palette": "viridis",
+                  "hue_order": list(dict.fromkeys(part[hue].astype(str)))} if hue else {}
         if numeric_x:
             sns.lineplot(data=part, x=x, y="value", marker="o", ax=ax, errorbar=errorbar, **hue_kw)
+            handles, labels = ax.get_legend_handles_labels()  # one solid line per hue (not the dashed below)
+            legend = ([matplotlib.lines.Line2D([], [], color=h.get_color(), marker="o") for h in handles], labels)
+            if fig_spec.get("cross_init"):  # dashed: A of pair 0 vs A of pair 1, one value per cell
+                ok = cells[cells["status"] == "ok"]
+                sns.lineplot(x=ok[x], y=100 * ok[f"barrier_{split}_cross_init"].astype(float), marker="x",
+                             linestyle="--", ax=ax, legend=False, errorbar=None,
+                             **({**hue_kw, "hue": ok[hue].astype(str)} if hue else {}))
+            values = sorted(part[x].unique())
             if fig_spec.get("xscale") == "symlog":  # steps 0, 8, …, 480: spread the small ones out
-                values = sorted(part[x].unique())
                 ax.set_xscale("symlog", linthresh=min(v for v in values if v > 0))
+                ax.set_xlim(values[0], values[-1] * 1.1)
+            elif fig_spec.get("xscale") == "log":  # widths 128, 256, …: equal steps for each doubling
+                ax.set_xscale("log", base=2)
+            if fig_spec.get("xscale") in ("symlog", "log"):
                 ax.set_xticks(values, [f"{v:g}" for v in values])
                 ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-                ax.set_xlim(values[0], values[-1] * 1.1)
         else:
             sns.barplot(data=part, x=x, y="value", ax=ax, errorbar=errorbar, **hue_kw)
             ax.tick_params(axis="x", labelrotation=20)
         ax.axhline(100 * THRESHOLD, color="red", lw=0.8, ls="--")
         label = "normalized barrier" if y == "normalized_barrier" else "barrier"
-        ax.set(title=split, xlabel=fig_spec["x"], ylabel=f"{label} (%)")
+        ax.set(title=split + (" (dashed: cross-init)" if fig_spec.get("cross_init") else ""), xlabel=fig_spec["x"],
+               ylabel=f"{label} (%)")
         if hue:
-            ax.legend(title=fig_spec["hue"], fontsize=8)
+            ax.legend(*(legend if numeric_x else ax.get_legend_handles_labels()), title=fig_spec["hue"], fontsize=8)
     unstable = cells.loc[cells["status"] != "ok", "cell"].tolist()
     title = raw["studies"][study]["title"] + f"  [{raw['scale']} scale]"
     if unstable:

@@ -240,11 +240,23 @@ def twin_state(result: TrainResult, pair: int, side: str) -> dict[str, torch.Ten
 SNAPSHOT_FORMAT = 1
 
 
+def _on_cpu(obj):
+    """`obj` (a state_dict, nested) with every tensor on the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().contiguous()
+    if isinstance(obj, dict):
+        return {k: _on_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_on_cpu(v) for v in obj)
+    return obj
+
+
 def save_snapshot(path, snapshot: Snapshot, key: dict) -> None:
-    """Write a trunk snapshot atomically; `key` is what it was trained for (checked on load)."""
+    """Write a trunk snapshot atomically; `key` is what it was trained for (checked on load). The file is
+    device-free: weights and optimizer state (momentum, Adam's moments) go to the CPU, and training moves
+    them to its own device when it resumes (the optimizer's load_state_dict follows its parameters)."""
     write_payload(path, {"format": SNAPSHOT_FORMAT, "key": key, "step": snapshot.step,
-                         "state": {n: t.detach().cpu().contiguous() for n, t in snapshot.state.items()},
-                         "optimizer": snapshot.optimizer})
+                         "state": _on_cpu(snapshot.state), "optimizer": _on_cpu(snapshot.optimizer)})
 
 
 def load_snapshot(path, key: dict, stage: str) -> Snapshot:

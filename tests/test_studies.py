@@ -241,3 +241,27 @@ def test_trunk_and_cell_stages_show_a_bar_on_a_terminal_and_nothing_else_off_one
         if not tty:
             assert trunk.splitlines() == ["trunk tinyspawn: 1 snapshots, steps [3]"]
             assert len(cell.splitlines()) == 1 and cell.startswith("cell tinyspawn/k3: ok in ")
+
+
+def test_width_report_gives_the_cross_init_barrier_and_the_studys_notes(tmp_path, monkeypatch):
+    fake_results(tmp_path, monkeypatch, RAW, "width", barrier=lambda c: 0.01, pairs=2)
+    for cell in studies.cells(RAW, "width"):  # A of pair 0 vs A of pair 1: a 5% barrier
+        path = studies.cell_output("width", cell.id)
+        result = json.loads(path.read_text())
+        result["curves"]["cross_init"] = {f"{split}_{kind}": [0.1, 0.15, 0.1] for split in ("train", "test")
+                                          for kind in ("error", "loss")}
+        result["metrics"] = report.metrics_from_curves(result["curves"])
+        path.write_text(json.dumps(result))
+    # the committed notes are a dep of the report stage: editing them reruns the report
+    assert "notes/width.md" in yaml.safe_load(studies_dvc.generate(RAW))["stages"]["report-width"]["deps"]
+    monkeypatch.setattr(studies_dvc, "NOTES_DIR", tmp_path / "notes")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes/width.md").write_text("## What the curves mean\n\nwritten by hand\n")
+    frame = study_report.cell_frame(RAW, "width")
+    text = study_report.markdown(RAW, "width", frame)
+    header = next(l for l in text.splitlines() if l.startswith("| setup | width |"))
+    assert header.endswith("| refined test / train | cross-init test / train |")
+    line = next(l for l in text.splitlines() if l.startswith("| mlp-sgd-hi | w2048 |"))
+    assert "| 5.00 / 5.00 |" in line and text.rstrip().endswith("written by hand")
+    study_report.figure(RAW, "width", frame, tmp_path / "w.png", study_report.pair_frame(RAW, "width"))
+    assert (tmp_path / "w.png").read_bytes().startswith(b"\x89PNG")

@@ -1,0 +1,141 @@
+"""Every stage type on CUDA, through the real pipeline: the default pipeline by `dvc exp run -S device=cuda`
+(layerwise, weight matching and the refined α grid included), the spawn trunk and its snapshots, a study
+cell and its report. Reruns must give the same bytes; nothing may cross between host and device per step
+but the divergence check.
+
+Skipped without a GPU (run them through `device` when a task is lent one). `LMC_TEST_DEVICE=cpu` runs the
+same tests on the CPU, which checks the tests themselves on a machine without a GPU.
+"""
+import copy
+import os
+from collections import Counter
+
+import pytest
+import torch
+import yaml
+
+from lmc import data, models, studies, studies_dvc
+from lmc.spec import Spec
+from lmc.train import load_snapshot, pair_loaders, save_snapshot, train_pairs, train_trunks, train_twins
+
+from .test_pipeline import TINY, TINY_STUDIES, commit, copy_repo, ran, sh
+
+DEVICE = os.environ.get("LMC_TEST_DEVICE", "cuda")
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(),
+                                                  reason="needs a CUDA GPU")]
+
+
+def outputs(repo, lock_file) -> dict:
+    """Every output a dvc.lock records, with its hash: the bytes a rerun must give again."""
+    lock = yaml.safe_load((repo / lock_file).read_text())["stages"]
+    return {o["path"]: o["md5"] for stage in lock.values() for o in stage.get("outs", [])}
+
+
+def test_default_pipeline_on_the_gpu_reruns_to_the_same_bytes(tmp_path):
+    repo = copy_repo(tmp_path, {**TINY, "align": "weight_matching", "refine_alphas": 2})
+    sh(repo, "dvc", "exp", "run", "-S", f"device={DEVICE}")
+    first = outputs(repo, "dvc.lock")
+    assert yaml.safe_load((repo / "params.yaml").read_text())["device"] == DEVICE
+    assert {"data/interpolation.json", "reports/layerwise.json", "reports/metrics.json"} <= set(first)
+    assert "refined" in (repo / "data/interpolation.json").read_text()
+    commit(repo, "gpu run")
+    sh(repo, "dvc", "repro", "-f")
+    assert outputs(repo, "dvc.lock") == first
+    sh(repo, "git", "diff", "--exit-code", "dvc.lock", "reports")
+
+
+def _trunk_spec(device: str = DEVICE) -> Spec:
+    return Spec(optimizer="adam", lr=1e-3, width=32, epochs=2, batch_size=500, pairs=2, spawn_step=5,
+                device=device)
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _tensors(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from _tensors(value)
+
+
+def test_a_trunk_snapshot_saved_on_the_gpu_resumes_on_the_gpu_and_on_the_cpu(tmp_path, mnist5k):
+    spec = _trunk_spec()
+    inits = [models.init_model(spec, i).state_dict() for i in range(spec.pairs)]
+    model = models.build(models.arch_from_spec(spec))
+    snapshot = train_trunks(spec, model, inits, mnist5k[0], [spec.spawn_step], torch.device(DEVICE))[5]
+    assert all(t.device.type == DEVICE for t in _tensors(snapshot.state))
+    path = tmp_path / "step5.pt"
+    save_snapshot(path, snapshot, {"spec": "test"})
+    payload = torch.load(path, weights_only=True)  # no map_location: the file itself must be device-free
+    assert all(t.device.type == "cpu" for t in _tensors(payload))
+    assert any(t.numel() > 1 for t in _tensors(payload["optimizer"]["state"]))  # Adam's moments travelled too
+
+    loaded = load_snapshot(path, {"spec": "test"}, stage="trunk")
+    straight = train_pairs(spec, model, inits, mnist5k[0], device=torch.device(DEVICE))  # trunk trained in-run
+    resumed = train_pairs(spec, model, inits, mnist5k[0], trunk=loaded, device=torch.device(DEVICE))
+    assert resumed.status == straight.status == "ok"
+    for name, tensor in straight.state.items():
+        assert tensor.device.type == DEVICE and torch.equal(tensor, resumed.state[name]), name
+
+    on_cpu = [train_pairs(_trunk_spec(device="cpu"), model, inits, mnist5k[0], trunk=load_snapshot(
+        path, {"spec": "test"}, stage="trunk"), device=torch.device("cpu")) for _ in range(2)]
+    assert on_cpu[0].status == "ok" and on_cpu[0].snapshot.step == spec.epochs * spec.steps_per_epoch
+    for name, tensor in on_cpu[0].state.items():
+        assert tensor.device.type == "cpu" and torch.equal(tensor, on_cpu[1].state[name]), name
+
+
+def test_a_training_step_moves_nothing_between_host_and_device_it_need_not(mnist5k):
+    """Per step, only the divergence check's one flag comes back to the host; the split, the batch order
+    and the learning rate do not travel per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    spec = Spec(width=64, epochs=2, batch_size=500, pairs=2, optimizer="adam", lr=1e-3, device=DEVICE)
+    dev = torch.device(DEVICE)
+    inits = [models.init_model(spec, i).state_dict() for i in range(spec.pairs)]
+    model = models.build(models.arch_from_spec(spec))
+    split = data.split_tensors(mnist5k[0], dev)
+    loaders = [loader for side in "ab" for loader in pair_loaders(spec, split, side)[0]]
+    steps = spec.epochs * len(loaders[0])
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
+    with profile(activities=activities) as prof:
+        result = train_twins(spec, model, loaders, inits=inits * 2, device=dev)
+    assert result.status == "ok"
+    copies = Counter(e.name.split(" (")[0] for e in prof.events() if e.name.startswith("Memcpy"))
+    n_params = len(result.state)
+    per_epoch = {"HtoD": len(loaders), "DtoH": 2 + n_params}  # each loader's order; loss, accuracy, finiteness
+    # before the first step: Θ0 and the optimizer's state go up once (at most a copy per tensor)
+    assert copies["Memcpy HtoD"] <= per_epoch["HtoD"] * spec.epochs + 4 * n_params, copies
+    assert copies["Memcpy DtoH"] <= steps + per_epoch["DtoH"] * spec.epochs, copies
+    if DEVICE == "cuda":
+        assert copies["Memcpy DtoH"] >= steps  # the profiler saw the per-step check: the count is real
+
+
+def _gpu_studies() -> dict:
+    config = copy.deepcopy(TINY_STUDIES)
+    config["scales"]["cpu"]["defaults"].update(device=DEVICE, pairs=2, refine_alphas=2)
+    config["studies"]["tiny"]["axes"]["lr"]["med"].update(align="weight_matching")
+    del config["studies"]["absent"]
+    config["studies"]["tinyspawn"] = {
+        "title": "t", "finding": "none", "shared_trunk": True,
+        "base": {"model": "mlp", "dataset": "mnist", "optimizer": "adam", "lr": 0.001},
+        "axes": {"k": {"k3": {"spawn_step": 3}, "k5": {"spawn_step": 5}}},
+        "figure": {"x": "spawn_step", "y": "barrier"}}
+    return config
+
+
+def test_study_cells_trunk_and_reports_on_the_gpu_rerun_to_the_same_bytes(tmp_path):
+    repo = copy_repo(tmp_path, {"download": False})
+    (repo / studies.STUDIES_FILE).write_text(yaml.safe_dump(_gpu_studies(), sort_keys=False))
+    sh(repo, "python", "-m", "lmc.studies_dvc")
+    commit(repo, "gpu studies")
+    out = sh(repo, "dvc", "--cd", "studies", "repro", "report-tiny", "report-tinyspawn").stdout
+    assert {"tiny-hi", "tiny-med", "trunk-tinyspawn", "tinyspawn-k3", "tinyspawn-k5"} <= set(ran(out))
+    first = outputs(repo, studies_dvc.DVC_FILE.parent / "dvc.lock")
+    assert (repo / "reports/tiny.md").exists() and (repo / "reports/tinyspawn.png").exists()
+    commit(repo, "gpu results")
+    sh(repo, "dvc", "--cd", "studies", "repro", "-f", "trunk-tinyspawn", "tinyspawn-k3", "tinyspawn-k5",
+       "tiny-hi", "tiny-med", "report-tiny", "report-tinyspawn")
+    assert outputs(repo, studies_dvc.DVC_FILE.parent / "dvc.lock") == first
+    sh(repo, "git", "diff", "--exit-code", "studies", "reports")
