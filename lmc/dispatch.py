@@ -49,6 +49,7 @@ INPUTS = ("lmc", "stages", "studies/studies.yaml", "studies/dvc.yaml", "params.y
 
 
 BIN = Path(sys.executable).parent
+CANCEL_WAIT_S = 10.0  # how long a cancelled local worker gets to stop (and clean up) before it is killed
 # The stages' commands say `python`: this environment's, whatever PATH the dispatcher (or a node) was given.
 ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 
@@ -200,8 +201,10 @@ def become_subreaper() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 
 
-def reap_descendants(timeout: float = 20.0) -> None:
-    """Wait (bounded) until this process has no child left, orphans included under `become_subreaper`."""
+def reap_descendants(timeout: float = CANCEL_WAIT_S / 2) -> None:
+    """Wait (bounded) until this process has no child left, orphans included under `become_subreaper`. The
+    bound stays under the dispatcher's CANCEL_WAIT_S, so that a cancelled worker removes its clone before
+    the dispatcher kills its group."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -327,7 +330,7 @@ class LocalExecutor:
                 os.killpg(proc.pid, signal.SIGTERM)
         for _, proc in self.running.values():
             try:
-                proc.wait(10)
+                proc.wait(CANCEL_WAIT_S)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(OSError):
                     os.killpg(proc.pid, signal.SIGKILL)
