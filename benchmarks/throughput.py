@@ -3,28 +3,29 @@
     python benchmarks/throughput.py                  # CPU, after `dvc repro prepare`; writes reports/benchmarks.md
     python benchmarks/throughput.py --device cuda    # one GPU; writes reports/benchmarks-cuda.md
 
-Measures (all on the bundled mnist5k, batch size 128, the default SGD settings):
+On the CPU (the bundled mnist5k, batch size 128, the default SGD settings):
   1. twin training: lockstep twins (vmap, the split in memory) vs a naive reference that trains A, then B, as ordinary
      nn.Modules fed by torch's DataLoader (same model, same FLOPs, same epochs): seconds per epoch of both;
   2. achieved training FLOP/s against this machine's fp32 matmul rate measured in the same run;
   3. interpolation over 11 α on train+test vs evaluating the two endpoints alone (and the naive α loop);
-  4. the share of a training step spent waiting for data: in memory, and (CPU) streamed by FFCV's loader;
+  4. the share of a training step spent waiting for data: in memory, and streamed by FFCV's loader;
   5. K twin pairs in one batched model: seconds per epoch per pair as K grows;
-  6. a profile of one pipeline epoch (top operators by self CPU time; on a GPU also by self CUDA time).
-On a GPU, also the paper-scale minimal model: MNIST's size (60,000 train images: mnist5k's 4,000 repeated
-15 times, since only the subset is bundled; the time does not depend on the pixels) at the Toeplitz width,
-with the GPU's utilization sampled through NVML. FFCV is not installed on the GPU machine, so the FFCV
-loader columns are measured on the CPU only (the pipeline itself holds the split in memory either way).
+  6. a profile of one pipeline epoch (top operators by self CPU time).
+On a GPU (MNIST's size: full MNIST with --mnist, else mnist5k's 4,000 images repeated 15 times, the time not
+depending on the pixels): the fp32, tf32 and bf16 matmul rates; the width-512 cell at batch 1024 (host-bound)
+as a plain GPU-resident loop, as the eager pipeline step and as its CUDA graph with 1, 3 and 8 pairs; the
+Toeplitz-width cell (compute-bound) at each precision; the CNN, LC-CNN and ViT at batch 128, eager against the
+graph; a profile; and the figures lmc/cost.py takes, written beside the report as JSON.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import dataclasses
+import json
 import os
 import platform
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -32,9 +33,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from lmc import connectivity, data, datasets, models, paths
+from lmc import connectivity, cost, data, datasets, models, paths
 from lmc.spec import Spec
-from lmc.train import make_optimizer, train_twins
+from lmc.train import make_optimizer, precision_mode, train_twins
 
 EPOCHS = 5  # the first is warm-up; the median of the others is reported (this machine's timings vary)
 THREADS = os.cpu_count()  # what train_twins uses
@@ -62,13 +63,15 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def matmul_gflops(reps: int = 10) -> float:
-    """fp32 matmul rate, as training runs it (on CUDA: TF32 off, see lmc/device.py)."""
+def matmul_gflops(reps: int = 10, precision: str = "fp32") -> float:
+    """The matmul rate of a training precision (fp32: TF32 off, as lmc/device.py sets it; tf32; bf16 operands)."""
     torch.set_num_threads(THREADS)
     n = 8192 if DEVICE.type == "cuda" else 2048
-    a, b = torch.randn(n, n, device=DEVICE), torch.randn(n, n, device=DEVICE)
-    torch.mm(a, b)
-    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(reps))
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = torch.randn(n, n, device=DEVICE, dtype=dtype), torch.randn(n, n, device=DEVICE, dtype=dtype)
+    with precision_mode(Spec(precision=precision, device=DEVICE.type), DEVICE):
+        torch.mm(a, b)
+        best = min(_timed(lambda: torch.mm(a, b)) for _ in range(reps))
     return 2 * n ** 3 / best / 1e9
 
 
@@ -78,15 +81,6 @@ def _timed(fn) -> float:
     fn()
     sync()
     return time.perf_counter() - start
-
-
-def train_flops(spec: Spec, samples: int) -> float:
-    """Exact matmul FLOPs of one epoch of one MLP: forward 2·Σ in·out, weight gradients the same, input
-    gradients for every layer but the first."""
-    arch = models.arch_from_spec(spec)
-    sizes = [int(np.prod(arch["in_shape"]))] + [arch["width"]] * (arch["depth"] - 1) + [arch["classes"]]
-    macs = [a * b for a, b in zip(sizes, sizes[1:])]
-    return samples * 2 * (2 * sum(macs) + sum(macs[1:]))
 
 
 class TimedLoader:
@@ -121,7 +115,8 @@ def ffcv_loaders(batch_size: int, seed: int):
     return data.ffcv_twin_loader(paths.BETONS["train"], batch_size, seed)
 
 
-def pipeline_epoch(spec: Spec, make_loader, pairs: int = 1, timed: bool = False) -> tuple[float, float]:
+def pipeline_epoch(spec: Spec, make_loader, pairs: int = 1, timed: bool = False,
+                   graphs: bool | None = None) -> tuple[float, float]:
     """Seconds per epoch (median after the first) of `pairs` twin pairs in lockstep, and the loader-wait share."""
     model = models.init_model(spec)
     seeds = [spec.order_seed_a + i for i in range(2 * pairs)]
@@ -129,7 +124,8 @@ def pipeline_epoch(spec: Spec, make_loader, pairs: int = 1, timed: bool = False)
     if timed:
         loaders = [TimedLoader(l) for l in loaders]
     ends = [time.perf_counter()]  # on_epoch runs after the epoch's stats came back from the device
-    train_twins(spec, model, loaders, on_epoch=lambda _: ends.append(time.perf_counter()), device=DEVICE)
+    train_twins(spec, model, loaders, on_epoch=lambda _: ends.append(time.perf_counter()), device=DEVICE,
+                graphs=graphs)
     per_epoch = float(np.median(np.diff(ends)[1:]))
     wait = sum(l.wait for l in loaders) / (ends[-1] - ends[0]) if timed else float("nan")
     return per_epoch, wait
@@ -188,82 +184,128 @@ def interpolation_costs(spec: Spec, splits: list[data.Split]) -> dict[str, float
             (("endpoints", endpoints), ("path", path), ("naive", naive))}
 
 
-def profile_epoch(spec: Spec, split: data.Split, steps: int | None = None) -> str:
-    """Top operators of one pipeline epoch (or its first `steps` steps) by self time on the device."""
+def profile_epoch(spec: Spec, split: data.Split, steps: int | None = None, graphs: bool | None = None,
+                  cuda_only: bool = False) -> str:
+    """Top operators of one pipeline epoch (or its first `steps` steps) of spec.pairs pairs by self time on the
+    device: by self CPU time, and on a GPU by self CUDA time too (`cuda_only`: that table alone)."""
     from torch.profiler import ProfilerActivity, profile
 
     model = models.init_model(dataclasses.replace(spec, epochs=1))
     make_loader = memory_loaders(split)
-    loaders = [make_loader(spec.batch_size, s) for s in (spec.order_seed_a, spec.order_seed_b)]
+    loaders = [make_loader(spec.batch_size, spec.order_seed_a + i) for i in range(2 * spec.pairs)]
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE.type == "cuda" else [])
     with profile(activities=activities) as prof:
-        train_twins(dataclasses.replace(spec, epochs=1), model, loaders, device=DEVICE, stop_step=steps)
-    tables = [prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)]
+        train_twins(dataclasses.replace(spec, epochs=1), model, loaders, device=DEVICE, stop_step=steps,
+                    graphs=graphs)
+    tables = [] if cuda_only else [prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)]
     if DEVICE.type == "cuda":  # what the host does, then what the GPU does
         tables.append(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=12))
     return "\n".join(tables)
 
 
-class Utilization:
-    """The GPU's utilization (NVML, the share of time a kernel ran), sampled every 10 ms in a thread."""
-
-    def __enter__(self):
-        self.samples, self.stop = [], threading.Event()
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
-        except Exception as err:  # no NVML: the utilization reads nan, the timings stand
-            print(f"NVML unavailable ({err!r})", file=sys.stderr)
-            self.stop.set()
-
-        def sample():
-            while not self.stop.wait(0.01):
-                self.samples.append(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
-        self.thread = threading.Thread(target=sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join()
-        if self.samples:
-            import pynvml
-
-            pynvml.nvmlShutdown()
-
-    @property
-    def mean(self) -> float:
-        return float(np.mean(self.samples)) / 100 if self.samples else float("nan")
+def plain_gpu_epoch(spec: Spec, split: data.Split, epochs: int = EPOCHS) -> float:
+    """One ordinary nn.Module trained the plain GPU-resident way: the split on the GPU, a seeded permutation per
+    epoch, torch.optim's default kernels, no sync within an epoch. Seconds per epoch (median after the first)."""
+    images, labels = (t.to(DEVICE) for t in data.split_tensors(split))
+    model = models.init_model(spec).to(DEVICE)
+    opt = make_optimizer(spec, list(model.parameters()))
+    generator = torch.Generator(device=DEVICE).manual_seed(spec.order_seed_a)
+    ends = [time.perf_counter()]
+    for _ in range(epochs):
+        order = torch.randperm(len(labels), device=DEVICE, generator=generator)
+        for start in range(0, len(order), spec.batch_size):
+            index = order[start:start + spec.batch_size]
+            loss = nn.functional.cross_entropy(model(data.normalize(images[index], spec.dataset)), labels[index].long())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sync()
+        ends.append(time.perf_counter())
+    return float(np.median(np.diff(ends)[1:]))
 
 
-def paper_scale(spec: Spec, rate: float, lines: list[str]) -> None:
-    """The paper's minimal model at MNIST's size on this GPU: pipeline and naive, s/epoch and utilization."""
+def model_train_flops(spec: Spec, samples: int) -> float:
+    """Training FLOPs of one model over `samples` samples, forward and backward counted (lmc/cost.py)."""
+    return cost.train_flops(spec) * samples
+
+
+def mnist_size(root: Path | None) -> tuple[data.Split, str]:
+    """MNIST's train split: the real one from `root` (torchvision's layout), else mnist5k's 4,000 images repeated
+    15 times (the time does not depend on the pixels)."""
+    if root is not None:
+        return datasets.read_mnist(root)[0], f"full MNIST ({root})"
     train = datasets.read_mnist5k()[0]
-    full = data.Split(np.tile(train.images, (15, 1, 1, 1)), np.tile(train.labels, 15))
-    spec = dataclasses.replace(spec, dataset="mnist", width="auto")
-    with Utilization() as util:
-        ours, wait = pipeline_epoch(spec, memory_loaders(full), timed=True)
-    with Utilization() as util_8:
-        eight, _ = pipeline_epoch(spec, memory_loaders(full), pairs=8)
-    naive = naive_epoch(spec, full)
-    flops = 2 * train_flops(spec, len(full.labels)) / 1e9
-    start = len(lines)
-    lines += ["", f"## Paper scale on the GPU: the minimal model (MLP, Toeplitz width "
-              f"{models.arch_from_spec(spec)['width']}) on 60,000 images, batch 128, twins", "",
-              "| | pipeline, 1 pair | pipeline, 8 pairs | naive (A then B, DataLoader), 1 pair |",
-              "|---|---|---|---|",
-              f"| s/epoch (median of epochs 2-5) | {ours:.3f} | {eight:.3f} | {naive:.3f} |",
-              f"| speed-up over naive, per pair | {naive / ours:.2f}× | {8 * naive / eight:.2f}× | 1.00× |",
-              f"| GFLOP/s (of the fp32 matmul rate) | {flops / ours:.0f} ({flops / ours / rate:.0%}) | "
-              f"{8 * flops / eight:.0f} ({8 * flops / eight / rate:.0%}) | "
-              f"{flops / naive:.0f} ({flops / naive / rate:.0%}) |",
-              f"| GPU utilization (NVML, all epochs) | {util.mean:.0%} | {util_8.mean:.0%} | |",
-              f"| loader wait | {wait:.1%} | | |",
-              "", "Where the time goes: the first 200 steps of a pipeline epoch at this scale "
-              "(torch.profiler, by self CPU time, then by self CUDA time):", "", "```", profile_epoch(spec, full, steps=200), "```"]
-    print("\n".join(lines[start:start + 10]), flush=True)
+    return data.Split(np.tile(train.images, (15, 1, 1, 1)), np.tile(train.labels, 15)), "mnist5k ×15"
+
+
+def gpu_tables(base: Spec, rates: dict[str, float], split: data.Split, source: str, lines: list[str]) -> dict:
+    """The GPU's figures of issue 15 (host-bound and compute-bound cells, precisions, other models); returns the
+    per-step figures the cost model takes (lmc/cost.py)."""
+    n = len(split.labels)
+    fp32 = rates["fp32"]
+
+    def row(label, models_, seconds, spec, rate_name="fp32", extra=""):
+        flops = models_ * model_train_flops(spec, n) / 1e9
+        lines.append(f"| {label} | {models_} | {seconds:.3f} | {seconds / models_ * 1e3:.1f} | "
+                     f"{flops / seconds / 1e3:.1f} | {flops / seconds / rates[rate_name]:.0%} |{extra}")
+        print(lines[-1], flush=True)
+
+    header = ["| run | models | s/epoch | ms/epoch per model | TFLOP/s | of the matmul rate |"]
+    # 1. host-bound: the width-512 minimal model at the paper's batch size
+    small = dataclasses.replace(base, dataset="mnist", width=512, batch_size=1024)
+    plain = plain_gpu_epoch(small, split)
+    lines += ["", f"## A host-bound cell: MLP width 512, batch 1024, {n:,} images ({source}), fp32", "",
+              "Per-model speed-up is against the plain GPU-resident loop's one model. "
+              "The matmul rate is fp32's.", "", header[0] + " speed-up per model |", "|---|---|---|---|---|---|---|"]
+    row("plain GPU-resident loop (one nn.Module, torch.optim)", 1, plain, small, extra=" 1.00× |")
+    eager, _ = pipeline_epoch(small, memory_loaders(split), pairs=3, graphs=False)
+    row("pipeline, 3 pairs, eager step (no graph)", 6, eager, small, extra=f" {6 * plain / eager:.2f}× |")
+    step_floor = None
+    for pairs in (1, 3, 8):
+        t, _ = pipeline_epoch(small, memory_loaders(split), pairs=pairs)
+        step_floor = step_floor or t / small.steps_per_epoch
+        row(f"pipeline, {pairs} pair{'s' * (pairs > 1)}, CUDA graph", 2 * pairs, t, small,
+            extra=f" {2 * pairs * plain / t:.2f}× |")
+    # 2. compute-bound: the Toeplitz width, every precision
+    big = dataclasses.replace(small, width="auto")
+    lines += ["", f"## A compute-bound cell: MLP at the Toeplitz width {models.arch_from_spec(big)['width']}, batch "
+              f"1024, {n:,} images, 3 pairs (6 models), per precision", "",
+              "Each precision against its own matmul rate (8192³ `torch.mm`; bf16: bf16 operands).", "",
+              "| precision | s/epoch | TFLOP/s | of its matmul rate | of the fp32 rate | speed-up over fp32 |",
+              "|---|---|---|---|---|---|"]
+    flops = 6 * model_train_flops(big, n) / 1e9
+    sustained = {}
+    for precision in ("fp32", "tf32", "bf16"):
+        t, _ = pipeline_epoch(dataclasses.replace(big, precision=precision), memory_loaders(split), pairs=3)
+        sustained[precision] = flops / t * 1e9
+        lines.append(f"| {precision} | {t:.3f} | {flops / t / 1e3:.1f} | {flops / t / rates[precision]:.0%} | "
+                     f"{flops / t / fp32:.0%} | {sustained[precision] / sustained['fp32']:.2f}× |")
+        print(lines[-1], flush=True)
+    lines += ["", "Where the time goes in one step of this cell per precision (eager, so that each kernel shows; "
+              "20 steps, torch.profiler, top kernels by self CUDA time):"]
+    for precision in ("fp32", "tf32", "bf16"):
+        lines += ["", f"{precision}:", "", "```", profile_epoch(dataclasses.replace(big, precision=precision, pairs=3),
+                                                               split, steps=20, graphs=False, cuda_only=True), "```"]
+    plain_big = plain_gpu_epoch(big, split, epochs=3)
+    lines += ["", f"The plain GPU-resident loop, one model at this width, fp32: {plain_big:.3f} s/epoch "
+              f"({model_train_flops(big, n) / plain_big / 1e12:.1f} TFLOP/s, "
+              f"{model_train_flops(big, n) / plain_big / 1e9 / fp32:.0%} of the fp32 rate)."]
+    # 3. the other host-bound models at batch 128
+    lines += ["", f"## Other models at batch 128 on {n:,} MNIST-shaped images, 3 pairs, fp32: eager step against the "
+              "CUDA graph", "", "| model | eager s/epoch | graph s/epoch | speed-up | graph TFLOP/s | of the fp32 rate |",
+              "|---|---|---|---|---|---|"]
+    for name, extra in (("cnn", {}), ("lc_cnn", {}), ("vit", {"width": "auto"})):
+        spec = dataclasses.replace(base, dataset="mnist", model=name, batch_size=128, epochs=2, **extra)
+        eager, _ = pipeline_epoch(spec, memory_loaders(split), pairs=3, graphs=False)
+        graphed, _ = pipeline_epoch(spec, memory_loaders(split), pairs=3)
+        f = 6 * model_train_flops(spec, n) / 1e9
+        lines.append(f"| {name} | {eager:.3f} | {graphed:.3f} | {eager / graphed:.2f}× | {f / graphed / 1e3:.2f} | "
+                     f"{f / graphed / fp32:.0%} |")
+        print(lines[-1], flush=True)
+    lines += ["", "Where the time goes in the width-512 cell with its graph (1 pair, first 100 steps; torch.profiler "
+              "by self CPU time, then by self CUDA time):", "", "```", profile_epoch(small, split, steps=100), "```"]
+    return {"rates": {p: sustained[p] for p in sustained}, "step_floor_s": step_floor,
+            "matmul": rates, "device": torch.cuda.get_device_name()}
 
 
 def cpu_vs_gpu(lines: list[str]) -> None:
@@ -289,6 +331,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--out", type=Path, help="where to write the report (default: reports/benchmarks[-cuda].md)")
+    parser.add_argument("--mnist", type=Path, help="(cuda) a folder holding MNIST in torchvision's layout: the "
+                        "GPU tables train on it instead of mnist5k repeated")
     args = parser.parse_args(argv)
     base = Spec(epochs=EPOCHS, device=args.device)
     if args.device == "cuda":
@@ -296,17 +340,32 @@ def main(argv=None) -> None:
 
         DEVICE = select(base)  # deterministic algorithms, TF32 off: as the pipeline trains
     out = args.out or OUT[args.device]
-    splits = datasets.read_mnist5k()  # the records prepare writes into the .beton files
-    train = splits[0]
     on_cpu = DEVICE.type == "cpu"
     command = "python benchmarks/throughput.py" + ("" if on_cpu else " --device cuda")
     lines = ["# Benchmarks: batched twins against the naive way" + ("" if on_cpu else " (GPU)"), "",
              f"Command: `{command}`" + (" (after `dvc repro prepare`)" if on_cpu else "") +
              f", one run. Machine: {machine()}.", ""]
+    if on_cpu:
+        cpu_tables(base, lines)
+    else:
+        rates = {p: matmul_gflops(precision=p) for p in ("fp32", "tf32", "bf16")}
+        lines += ["Matmul rates (8192×8192 `torch.mm`, best of 10): " +
+                  ", ".join(f"{p} **{r / 1e3:.1f} TFLOP/s**" for p, r in rates.items()) + ".", ""]
+        split, source = mnist_size(args.mnist)
+        figures = gpu_tables(base, rates, split, source, lines)
+        cpu_vs_gpu(lines)
+        json_out = out.with_suffix(".json")
+        json_out.write_text(json.dumps(figures, indent=1) + "\n")
+        print(f"wrote {json_out}", file=sys.stderr)
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}", file=sys.stderr)
+
+
+def cpu_tables(base: Spec, lines: list[str]) -> None:
+    splits = datasets.read_mnist5k()  # the records prepare writes into the .beton files
+    train = splits[0]
     rate = matmul_gflops()
-    size = 2048 if on_cpu else 8192
-    lines += [f"fp32 matmul rate ({size}×{size} `torch.mm`{'' if on_cpu else ', TF32 off'}, best of 10): "
-              f"**{rate:.1f} GFLOP/s**.", ""]
+    lines += [f"fp32 matmul rate (2048×2048 `torch.mm`, best of 10): **{rate:.1f} GFLOP/s**.", ""]
 
     lines += ["## Twin training, s/epoch of both twins (median of epochs 2-5, 4,000 images, batch 128)", "",
               "| width | pipeline (lockstep, in-memory batches) | naive (A then B, DataLoader) | speed-up | "
@@ -316,17 +375,13 @@ def main(argv=None) -> None:
     for width in (512, 2048, "auto"):
         spec = dataclasses.replace(base, width=width)
         ours, wait = pipeline_epoch(spec, memory_loaders(train), timed=True)
-        if on_cpu:
-            streamed, streamed_wait = pipeline_epoch(spec, ffcv_loaders, timed=True)
-            ffcv = f"{streamed:.3f} | {streamed_wait:.1%}"
-        else:
-            ffcv = "not measured (no FFCV here) | "
+        streamed, streamed_wait = pipeline_epoch(spec, ffcv_loaders, timed=True)
         naive = naive_epoch(spec, train)
         naive_512 = naive_512 or naive
-        flops = 2 * train_flops(spec, len(train.labels)) / 1e9
+        flops = 2 * model_train_flops(spec, len(train.labels)) / 1e9
         label = f"{models.arch_from_spec(spec)['width']}" + (" (Toeplitz)" if width == "auto" else "")
         lines.append(f"| {label} | {ours:.3f} | {naive:.3f} | {naive / ours:.2f}× | {flops / ours:.1f} | "
-                     f"{flops / ours / rate:.0%} | {flops / naive:.1f} | {wait:.1%} | {ffcv} |")
+                     f"{flops / ours / rate:.0%} | {flops / naive:.1f} | {wait:.1%} | {streamed:.3f} | {streamed_wait:.1%} |")
         print(lines[-1], flush=True)
 
     costs = interpolation_costs(base, list(splits))
@@ -348,14 +403,8 @@ def main(argv=None) -> None:
         lines.append(f"| {k} | {t:.3f} | {t / k:.3f} | {k * single / t:.2f}× | {k * naive_512 / t:.2f}× |")
         print(lines[-1], flush=True)
 
-    if not on_cpu:
-        paper_scale(base, rate, lines)
-        cpu_vs_gpu(lines)
-    where = "CPU" if on_cpu else "by self CPU time, then by self CUDA time"
-    lines += ["", f"## Where the time goes: one pipeline epoch at width 512 (torch.profiler, {where})", "", "```",
-              profile_epoch(base, train), "```", ""]
-    out.write_text("\n".join(lines))
-    print(f"wrote {out}", file=sys.stderr)
+    lines += ["", "## Where the time goes: one pipeline epoch at width 512 (torch.profiler, CPU)", "", "```",
+              profile_epoch(base, train), "```"]
 
 
 if __name__ == "__main__":

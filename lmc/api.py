@@ -112,8 +112,11 @@ def curve_batches(spec: Spec, sizes: dict[str, int] | None = None) -> int:
     ({split: images}; default: the spec's dataset's train and test splits): a progress bar's total."""
     sizes = sizes or {split: spec.data[split] for split in paths.BETONS}
     paths_evaluated = spec.pairs + (spec.pairs >= 2)  # every pair, and cross_init
-    refined = spec.refine_alphas > 0 and spec.alphas >= 3  # a second pass over the refined α
-    return paths_evaluated * (1 + refined) * sum(connectivity.eval_batches(n) for n in sizes.values())
+    with torch.device("meta"):  # the architecture alone: how many α one pass holds
+        model = models.build(models.arch_from_spec(spec))
+    points = [spec.alphas] + ([2 * spec.refine_alphas] if spec.refine_alphas > 0 and spec.alphas >= 3 else [])
+    return paths_evaluated * sum(connectivity.eval_work(model, spec.data["shape"], k, n, torch.device(spec.device))
+                                 for k in points for n in sizes.values())  # the grid, then the refined α
 
 
 def experiment_work(spec: Spec, sizes: dict[str, int] | None = None) -> int:
@@ -129,16 +132,22 @@ def run_experiment(spec: Spec, train_path: str | Path, test_path: str | Path, pr
     snapshot at that step (trained here if None). Returns status, metrics, curves and the per-epoch history;
     the bytes of its JSON are a pure function of the spec, the data (and the trunk). `progress` (a tqdm, or
     anything with update(n)) advances by one per training step, then per evaluation batch: `experiment_work`."""
+    # one copy of the train split in memory, shared by every twin and the evaluation
+    return experiment(spec, data.read_split(train_path), lambda: data.read_split(test_path), progress, trunk)
+
+
+def experiment(spec: Spec, train: data.Split, test, progress=None, trunk: Snapshot | None = None) -> dict:
+    """`run_experiment` on splits in memory; `test` is the test Split, or a function that reads it (only a run
+    that did not diverge is evaluated)."""
     device = select_device(spec)
     inits = [models.init_model(spec, i).state_dict() for i in range(spec.pairs)]  # on the CPU: Θ0 is device-free
     model = models.build(models.arch_from_spec(spec))
-    train = data.read_split(train_path)  # one copy in memory, shared by every twin and the evaluation
     result = train_pairs(spec, model, inits, train, trunk=trunk, progress=progress, device=device)
     curves = {"alpha": connectivity.alpha_grid(spec.alphas).tolist(), "status": result.status}
     if result.status == "ok":
         twins = [(twin_state(result, i, "a"), twin_state(result, i, "b")) for i in range(spec.pairs)]
         splits = {split: (torch.from_numpy(s.images), torch.from_numpy(s.labels))
-                  for split, s in (("train", train), ("test", data.read_split(test_path)))}
+                  for split, s in (("train", train), ("test", test() if callable(test) else test))}
         curves = experiment_curves(spec, model, twins, splits, device, progress)
     history = [{"epoch": h.epoch, "loss": h.loss, "acc": h.acc, "diverged": h.diverged} for h in result.history]
     return {"status": result.status, "diverged_epoch": result.diverged_epoch,

@@ -125,12 +125,16 @@ class MemoryTwinLoader:
         return -(-len(self.labels) // self.batch_size)
 
     def __iter__(self):
+        for index, sample_index in self.index_batches():
+            yield self.images[index], self.labels[index], sample_index
+
+    def index_batches(self):
+        """This epoch's batches as sample indices only: (on the split's device, on the CPU) per batch."""
         order = torch.from_numpy(seeds.epoch_order(self.order_seed, self.epoch, len(self.labels)))
         on_device = order.to(self.images.device)  # one copy per epoch
         self.epoch += 1
         for start in range(0, len(order), self.batch_size):
-            index = on_device[start:start + self.batch_size]
-            yield self.images[index], self.labels[index], order[start:start + self.batch_size]
+            yield on_device[start:start + self.batch_size], order[start:start + self.batch_size]
 
 
 def twin_loader(path: str | Path, batch_size: int, order_seed: int) -> MemoryTwinLoader:

@@ -48,7 +48,7 @@ INPUTS = ("lmc", "stages", "studies/studies.yaml", "studies/dvc.yaml", "params.y
           "requirements.txt")
 
 
-BIN = Path(sys.executable).parent
+BIN = Path(sys.executable).absolute().parent  # absolute: workers run dvc from other folders
 CANCEL_WAIT_S = 10.0  # how long a cancelled local worker gets to stop (and clean up) before it is killed
 # The stages' commands say `python`: this environment's, whatever PATH the dispatcher (or a node) was given.
 ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -523,11 +523,12 @@ def dry_run(names: list[str]) -> str:
         specs = [studies.resolve(raw, studies.find_cell(raw, study, s[len(study) + 1:]))
                  for s in mine if s != f"trunk-{study}"]
         device = specs[0].device if specs else "cpu"
-        devices.add(device)
+        devices |= {(s.device, s.precision) for s in specs} or {("cpu", "fp32")}
         lines.append(f"{study}: {len(mine)} to send, about {sum(map(cost.cell_hours, specs)):.2f} "
                      f"{device.upper()}-hours")
         lines += [f"  {s}" for s in mine]
-    lines += [f"{d.upper()}-hours {cost.basis(d)} (lmc/cost.py)" for d in sorted(devices)]
+    lines += [f"{d.upper()}-hours ({p}) {cost.basis(d, p)} (lmc/cost.py; reports/cost.md: every study, every "
+              f"precision)" for d, p in sorted(devices)]
     return "\n".join(lines + unprepared_note(raw, names))
 
 

@@ -12,9 +12,6 @@ from torch import nn
 
 from . import connectivity
 
-EVAL_STACK = 64  # models evaluated per batched pass (bounds memory for wide models)
-
-
 def layer_names(state: dict) -> list[str]:
     """The model's layers in state order: parameter names without their last part (layers.0, hidden, …)."""
     names = []
@@ -39,16 +36,19 @@ def layer_path_states(state_a: dict, state_b: dict, layer: str, alphas) -> dict[
 
 def layerwise_curves(model: nn.Module, state_a: dict, state_b: dict, images: torch.Tensor, labels: torch.Tensor,
                      dataset: str, alphas, device: torch.device | None = None, progress=None) -> dict[str, dict]:
-    """{layer: {"error": [...], "loss": [...]}} along each layer's path, every layer's α in batched passes.
-    `progress` (a tqdm, or anything with update(n)) advances by one per evaluation batch: `layerwise_batches`."""
-    names = layer_names(state_a)
-    stacks = [layer_path_states(state_a, state_b, name, alphas) for name in names]
-    stacked = {n: torch.cat([s[n] for s in stacks]) for n in state_a}
-    total = len(names) * len(alphas)
+    """{layer: {"error": [...], "loss": [...]}} along each layer's path: the (layer, α) points in passes of
+    `connectivity.models_per_pass`, only a pass's states ever built. `progress` (a tqdm, or anything with
+    update(n)) advances by one per evaluation batch: `layerwise_batches`."""
+    names, alphas = layer_names(state_a), np.asarray(alphas)
+    points = [(i, j) for i in range(len(names)) for j in range(len(alphas))]
     errors, losses = [], []
-    for start in range(0, total, EVAL_STACK):
-        chunk = {n: t[start:start + EVAL_STACK] for n, t in stacked.items()}
-        e, l = connectivity.evaluate_stack(model, chunk, images, labels, dataset, device=device, progress=progress)
+    per_pass = connectivity.models_per_pass(model, images.shape[1:], device=device)
+    for start in range(0, len(points), per_pass):
+        chunk = points[start:start + per_pass]
+        stacks = [layer_path_states(state_a, state_b, names[i], alphas[[j for i2, j in chunk if i2 == i]])
+                  for i in sorted({i for i, _ in chunk})]  # each layer's α of this pass, in order
+        stacked = {n: torch.cat([s[n] for s in stacks]) for n in state_a}
+        e, l = connectivity.evaluate_stack(model, stacked, images, labels, dataset, device=device, progress=progress)
         errors.append(e)
         losses.append(l)
     error = np.concatenate(errors).reshape(len(names), len(alphas))
@@ -56,9 +56,10 @@ def layerwise_curves(model: nn.Module, state_a: dict, state_b: dict, images: tor
     return {name: {"error": error[i].tolist(), "loss": loss[i].tolist()} for i, name in enumerate(names)}
 
 
-def layerwise_batches(state: dict, alphas: int, n: int) -> int:
+def layerwise_batches(model: nn.Module, state: dict, alphas: int, image_shape, n: int,
+                      device: torch.device | None = None) -> int:
     """The evaluation batches `layerwise_curves` runs for a model with this state, `alphas` α, n images."""
-    return -(-len(layer_names(state)) * alphas // EVAL_STACK) * connectivity.eval_batches(n)
+    return connectivity.eval_work(model, image_shape, len(layer_names(state)) * alphas, n, device)
 
 
 def layer_metrics(curves_by_split: dict[str, dict[str, dict]]) -> dict[str, dict]:

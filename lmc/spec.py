@@ -32,6 +32,7 @@ OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine")
 ALIGNMENTS = ("none", "weight_matching")
 DEVICES = ("cpu", "cuda")
+PRECISIONS = ("fp32", "tf32", "bf16")
 KERNEL = 4  # hidden-layer kernel (and stride) of cnn and lc_cnn; the vit's patch size
 
 
@@ -72,6 +73,9 @@ class Spec:
     aug_seed_b: int = _field(118, "augmentation seed of twin B", min=0)
     device: str = _field("cpu", "where training and interpolation run: cpu, or cuda (deterministic algorithms)",
                          choices=DEVICES)
+    precision: str = _field("fp32", "training arithmetic: fp32 (the paper's), tf32 (cuda: TF32 matmuls) or bf16 "
+                            "(autocast, fp32 master weights); the path is always evaluated in fp32",
+                            choices=PRECISIONS, recorded_at_default=False)
     alphas: int = _field(11, "number of equidistant interpolation points on [0, 1], endpoints included", min=2)
     refine_alphas: int = _field(0, "α points added inside each grid interval next to each curve's highest "
                                 "interior point (0 = off); the grid's own barrier is still reported", min=0)
@@ -89,6 +93,12 @@ class Spec:
     @property
     def steps_per_epoch(self) -> int:
         return -(-self.data["train"] // self.batch_size)
+
+    def record(self) -> dict[str, Any]:
+        """Every key and its value, as results record them; keys added after results were first recorded
+        are left out at their default (the value that reproduces those results), as open_lth names runs."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.metadata.get("recorded_at_default", True) or getattr(self, f.name) != f.default}
 
     def pair_seeds(self, pair: int) -> dict[str, int]:
         """The seeds of twin pair `pair` (pair 0: exactly those written above)."""
@@ -148,6 +158,9 @@ def spec_from_dict(raw: Any) -> Spec:
     if spec.spawn_step >= total_steps:
         raise SpecError(f"params: spawn_step={spec.spawn_step} leaves B no steps of its own: training has "
                         f"{total_steps} steps ({spec.epochs} epochs × {spec.steps_per_epoch}); use less")
+    if spec.precision == "tf32" and spec.device != "cuda":
+        raise SpecError("params: precision=tf32 is a GPU matmul mode; use it with device: cuda, or precision: "
+                        "fp32 or bf16 on the CPU")
     if spec.align != "none" and (spec.model not in ("mlp", "linear") or spec.depth < 2):
         raise SpecError(f"params: align={spec.align} permutes the hidden units of mlp or linear with depth >= 2, "
                         f"not model={spec.model} depth={spec.depth}; use align: none")

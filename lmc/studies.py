@@ -188,7 +188,7 @@ _NOT_TRUNK = ("spawn_step", "order_seed_b", "aug_seed_b", "alphas", "refine_alph
 
 def trunk_key(spec: Spec) -> dict:
     """The settings a trunk is trained for: the spec but the keys in _NOT_TRUNK."""
-    return {k: v for k, v in dataclasses.asdict(spec).items() if k not in _NOT_TRUNK}
+    return {k: v for k, v in spec.record().items() if k not in _NOT_TRUNK}
 
 
 def trunk_path(study: str, step: int) -> Path:

@@ -9,6 +9,7 @@ B1, …; with spawn_step k, each pair's trunk first trains k steps on its A stre
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import math
@@ -59,10 +60,16 @@ class TrainResult:
     snapshot: Snapshot | None = None  # where training stopped (None if it diverged)
 
 
-def make_optimizer(spec: Spec, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+def make_optimizer(spec: Spec, params: list[torch.Tensor], lr: torch.Tensor | None = None) -> torch.optim.Optimizer:
+    """SGD or Adam over the stacked parameters. Given a device tensor `lr` (CUDA), the fused kernels: they
+    read the learning rate on the device and can be captured in a CUDA graph."""
+    fused = {"fused": True} if lr is not None else {}
     if spec.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
-    return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
+        return torch.optim.SGD(params, lr=spec.lr if lr is None else lr, momentum=spec.momentum,
+                               weight_decay=spec.weight_decay, **fused)
+    if lr is not None:
+        fused["capturable"] = True  # Adam's step count lives on the device too
+    return torch.optim.Adam(params, lr=spec.lr if lr is None else lr, weight_decay=spec.weight_decay, **fused)
 
 
 def lr_at(spec: Spec, step: int, steps_per_epoch: int) -> float:
@@ -84,11 +91,108 @@ def clip_per_model(params: list[torch.Tensor], max_norm: float) -> None:
         p.grad.mul_(scale.view(-1, *([1] * (p.dim() - 1))))
 
 
+@contextlib.contextmanager
+def precision_mode(spec: Spec, device: torch.device):
+    """The training arithmetic of spec.precision: fp32 as is; tf32 lets CUDA matmuls and convolutions use TF32
+    (restored afterwards: evaluation is fp32); bf16 runs the forward under autocast, the weights, their
+    gradients and the optimizer staying fp32."""
+    if spec.precision == "bf16":
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            yield
+        return
+    if spec.precision == "tf32" and device.type == "cuda":
+        saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        return
+    yield
+
+
+def stack_losses(spec: Spec, model: nn.Module, state: dict, x: torch.Tensor, y: torch.Tensor):
+    """Every model's logits (K, B, classes) and mean cross-entropy (K,) on its own batch x[k], y[k]."""
+    with precision_mode(spec, x.device):
+        logits = stacked_forward(model, state, x)
+    k = y.shape[0]
+    losses = nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")
+    return logits, losses.view(k, -1).mean(1)
+
+
+class EpochTally:
+    """An epoch's loss and accuracy sums, and (where the check is deferred) its first non-finite losses, all
+    on the device: adding to them never makes the host wait."""
+
+    def __init__(self, k: int, device: torch.device):
+        self.loss_sum = torch.zeros(k, dtype=torch.float64, device=device)
+        self.correct = torch.zeros(k, dtype=torch.long, device=device)
+        self.diverged = torch.zeros((), dtype=torch.bool, device=device)
+        self.first_bad = torch.full((k,), math.nan, device=device)  # losses of the first non-finite batch
+        self.seen = 0
+
+    def reset(self) -> None:
+        for t in (self.loss_sum, self.correct, self.diverged):
+            t.zero_()
+        self.seen = 0
+
+    def add(self, logits: torch.Tensor, losses: torch.Tensor, y: torch.Tensor) -> None:
+        losses = losses.detach()
+        self.loss_sum.add_(losses.double() * y.shape[1])
+        self.correct.add_((logits.detach().argmax(-1) == y).sum(1))
+
+    def flag(self, losses: torch.Tensor) -> None:
+        """Remember whether these losses are non-finite, and the first such losses, without a sync."""
+        bad = ~torch.isfinite(losses.detach()).all()
+        self.first_bad.copy_(torch.where(bad & ~self.diverged, losses.detach(), self.first_bad))
+        self.diverged.logical_or_(bad)
+
+
+class GraphedStep:
+    """One optimizer step of the whole stack (normalization, forward, loss, backward, clipping, update and
+    the epoch's tallies) replayed as a CUDA graph: one launch per step, so a small model's step is bound by
+    the GPU, not by the host launching its kernels.
+
+    A batch shape is captured at its second occurrence (the first runs eagerly: the warm-up the optimizer's
+    state and cuBLAS need), and each shape has its own graph (the last batch of an epoch may be smaller).
+    Inputs go in through static buffers: the batch's sample indices where the loaders share one split on the
+    device (the gather then happens inside the graph), else the gathered batch itself.
+    """
+
+    def __init__(self, run_step: Callable, inputs: Callable):
+        self.run_step, self.inputs = run_step, inputs
+        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list[torch.Tensor]]] = {}
+        self.seen: set[tuple] = set()
+
+    def __call__(self, *feed: torch.Tensor) -> None:
+        shape = tuple(tuple(t.shape) for t in feed)
+        if shape in self.graphs:
+            graph, static = self.graphs[shape]
+            for buffer, value in zip(static, feed):
+                buffer.copy_(value)
+            graph.replay()
+            return
+        if shape not in self.seen:  # warm-up: eagerly, on a side stream, as torch's graph docs advise
+            self.seen.add(shape)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self.run_step(*self.inputs(*feed))
+            torch.cuda.current_stream().wait_stream(side)
+            return
+        static = [t.clone() for t in feed]
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.run_step(*self.inputs(*static))
+        self.graphs[shape] = graph, static
+        graph.replay()  # capturing ran nothing: this is the step
+
+
 def train_twins(spec: Spec, model: nn.Module, loaders: list, aug_seeds: list[int] | None = None, progress=None,
                 on_epoch: Callable[[EpochStats], None] | None = None,
                 threads: int | None = None, device: torch.device | None = None,
                 inits: list[dict] | None = None, start: Snapshot | None = None,
-                stop_step: int | None = None) -> TrainResult:
+                stop_step: int | None = None, graphs: bool | None = None) -> TrainResult:
     """Train len(loaders) models of `model`'s architecture in lockstep, on `device` (default CPU).
 
     Model k starts from inits[k] (default: `model`'s weights), or from `start` (a snapshot, resumed at its
@@ -96,9 +200,10 @@ def train_twins(spec: Spec, model: nn.Module, loaders: list, aug_seeds: list[int
     aug_seeds[k] (where the loader keeps the split: on the device for `pair_loaders`' loaders). Training runs to the end of
     spec.epochs, or stops after `stop_step` steps. The returned state stays on the device.
 
-    Per step, the host waits for the device once (the divergence check), and with augmentation once more per
-    model (its random draws are made on the CPU, then copied); the epoch's loss and accuracy add up on the
-    device.
+    On the CPU a non-finite loss stops training before its step. On CUDA the host never waits within an
+    epoch: a non-finite loss is flagged on the device and read at the epoch's end, with the same status, the
+    same diverged epoch and the same recorded losses; the step is a CUDA graph (`graphs`, default on; off
+    runs the same step eagerly, with the same bytes).
     """
     device = device or torch.device("cpu")
     if spec.augment and (aug_seeds is None or len(aug_seeds) != len(loaders)):
@@ -109,71 +214,124 @@ def train_twins(spec: Spec, model: nn.Module, loaders: list, aug_seeds: list[int
     if next(iter(initial.values())).shape[0] != k:
         raise ValueError(f"{k} loaders for {next(iter(initial.values())).shape[0]} models")
     state = {n: t.detach().to(device).clone().requires_grad_() for n, t in initial.items()}
-    opt = make_optimizer(spec, list(state.values()))
+    on_gpu = device.type == "cuda"
+    # On CUDA the learning rate is a device tensor the graph reads (fused kernels take it without a sync).
+    lr = torch.tensor(spec.lr, device=device) if on_gpu else None
+    opt = make_optimizer(spec, list(state.values()), lr)
     step = 0
     if start is not None:
+        # The snapshot's settings, this device's kernels (fused on CUDA) and learning-rate tensor.
+        kernels = {key: opt.defaults[key] for key in ("fused", "capturable", "foreach") if key in opt.defaults}
         opt.load_state_dict(copy.deepcopy(start.optimizer))  # the optimizer would update the snapshot's buffers
+        for group in opt.param_groups:
+            group.update(kernels, **({"lr": lr} if on_gpu else {}))
         step = start.step
     steps_per_epoch = len(loaders[0])
     total = spec.epochs * steps_per_epoch if stop_step is None else stop_step
     if step and not all(hasattr(loader, "epoch") for loader in loaders):
         raise ValueError("resuming mid-run needs loaders whose epoch can be set (data.MemoryTwinLoader)")
     result = TrainResult(state=state, status="ok")
+    tally = EpochTally(k, device)
+
+    def run_step(x: torch.Tensor, y: torch.Tensor) -> None:  # on CUDA: no sync, so a graph can hold it
+        logits, losses = stack_losses(spec, model, state, x, y)
+        tally.flag(losses)
+        opt.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        if spec.grad_clip:
+            clip_per_model(list(state.values()), spec.grad_clip)
+        opt.step()
+        tally.add(logits, losses, y)
+
+    # Where every loader reads one split held on the device, a step's input is its (K, B) sample indices.
+    shared = (on_gpu and not spec.augment and all(isinstance(l, data.MemoryTwinLoader) for l in loaders)
+              and len({(l.images.data_ptr(), l.labels.data_ptr()) for l in loaders}) == 1)
+
+    def gathered(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = loaders[0].images[index], loaders[0].labels[index]  # (K, B, H, W, C), (K, B)
+        x = data.normalize(images.flatten(0, 1), spec.dataset).contiguous()
+        return x.view(*index.shape, *x.shape[1:]), labels.long()
+
+    if on_gpu:
+        inputs = gathered if shared else (lambda x, y: (x, y))
+        gpu_step = GraphedStep(run_step, inputs) if graphs is not False else (lambda *f: run_step(*inputs(*f)))
     for epoch in range(step // steps_per_epoch, spec.epochs):
         if step >= total:
             break
-        loss_sum = torch.zeros(k, dtype=torch.float64, device=device)
-        correct = torch.zeros(k, dtype=torch.long, device=device)
-        seen = 0
+        tally.reset()
         for loader in loaders:
             if hasattr(loader, "epoch"):
                 loader.epoch = epoch
         skip = step - epoch * steps_per_epoch  # resuming mid-epoch: the batches before `step` were trained on
-        epoch_batches = [itertools.islice(iter(loader), skip, skip + total - step) for loader in loaders]
+        epoch_batches = [itertools.islice(loader.index_batches() if shared else iter(loader), skip, skip + total - step)
+                         for loader in loaders]
         # FFCV sets torch's thread count to its worker count when an epoch starts: take it back.
         torch.set_num_threads(threads)
         for batches in zip(*epoch_batches, strict=True):
-            if spec.augment:
-                batches = [(augment(images, index, epoch, seed), labels, index)
-                           for (images, labels, index), seed in zip(batches, aug_seeds, strict=True)]
-            x = torch.stack([data.normalize(images.to(device), spec.dataset) for images, _, _ in batches])
-            y = torch.stack([labels.to(device).long() for _, labels, _ in batches])
-            logits = stacked_forward(model, state, x)
-            losses = nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
-            losses = losses.view(k, -1).mean(1)
-            if not torch.isfinite(losses).all():
-                result.status, result.diverged_epoch = "diverged", epoch
-                stats = EpochStats(epoch, losses.detach().cpu().tolist(), [math.nan] * k, diverged=True)
-                result.history.append(stats)
-                if on_epoch is not None:
-                    on_epoch(stats)
-                return result
-            for group in opt.param_groups:
-                group["lr"] = lr_at(spec, step, steps_per_epoch)
-            opt.zero_grad(set_to_none=True)
-            losses.sum().backward()
-            if spec.grad_clip:
-                clip_per_model(list(state.values()), spec.grad_clip)
-            opt.step()
+            if on_gpu:
+                lr.fill_(lr_at(spec, step, steps_per_epoch))
+                if shared:
+                    gpu_step(torch.stack([index for index, _ in batches]))
+                else:
+                    x, y = _batch_on(batches, spec, aug_seeds, epoch, device)
+                    gpu_step(x, y)
+                tally.seen += len(batches[0][0])
+            else:
+                x, y = _batch_on(batches, spec, aug_seeds, epoch, device)
+                logits, losses = stack_losses(spec, model, state, x, y)
+                if not torch.isfinite(losses).all():
+                    result.status, result.diverged_epoch = "diverged", epoch
+                    stats = EpochStats(epoch, losses.detach().cpu().tolist(), [math.nan] * k, diverged=True)
+                    return _stop(result, stats, on_epoch)
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(spec, step, steps_per_epoch)
+                opt.zero_grad(set_to_none=True)
+                losses.sum().backward()
+                if spec.grad_clip:
+                    clip_per_model(list(state.values()), spec.grad_clip)
+                opt.step()
+                tally.add(logits, losses, y)
+                tally.seen += y.shape[1]
             step += 1
-            batch = y.shape[1]
-            loss_sum += losses.detach().double() * batch
-            correct += (logits.detach().argmax(-1) == y).sum(1)
-            seen += batch
             if progress is not None:
                 progress.update(1)
+        if on_gpu and bool(tally.diverged):  # the epoch's one wait for the device
+            result.status, result.diverged_epoch = "diverged", epoch
+            return _stop(result, EpochStats(epoch, tally.first_bad.cpu().tolist(), [math.nan] * k, diverged=True),
+                         on_epoch)
         # The losses were finite, but the epoch's last step may still have blown the weights up.
         blown = not all(torch.isfinite(t).all() for t in state.values())
-        stats = EpochStats(epoch, (loss_sum / seen).cpu().tolist(), (correct.double() / seen).cpu().tolist(),
-                           diverged=blown)
+        stats = EpochStats(epoch, (tally.loss_sum / tally.seen).cpu().tolist(),
+                           (tally.correct.double() / tally.seen).cpu().tolist(), diverged=blown)
+        if blown:
+            result.status, result.diverged_epoch = "diverged", epoch
+            return _stop(result, stats, on_epoch)
         result.history.append(stats)
         if on_epoch is not None:
             on_epoch(stats)
-        if blown:
-            result.status, result.diverged_epoch = "diverged", epoch
-            return result
     # Copies: the optimizer's state_dict holds its live buffers, which a resumed run would update in place.
-    result.snapshot = Snapshot(step, {n: t.detach().clone() for n, t in state.items()}, copy.deepcopy(opt.state_dict()))
+    optimizer_state = copy.deepcopy(opt.state_dict())
+    for group in optimizer_state["param_groups"]:
+        group["lr"] = float(group["lr"])  # a snapshot is device-free and reads the same on every device
+    result.snapshot = Snapshot(step, {n: t.detach().clone() for n, t in state.items()}, optimizer_state)
+    return result
+
+
+def _batch_on(batches, spec: Spec, aug_seeds, epoch: int, device: torch.device):
+    """The loaders' batches (augmented where spec.augment), normalized and stacked on `device`: x (K, B, C, H, W),
+    y (K, B)."""
+    if spec.augment:
+        batches = [(augment(images, index, epoch, seed), labels, index)
+                   for (images, labels, index), seed in zip(batches, aug_seeds, strict=True)]
+    x = torch.stack([data.normalize(images.to(device), spec.dataset) for images, _, _ in batches])
+    y = torch.stack([labels.to(device).long() for _, labels, _ in batches])
+    return x, y
+
+
+def _stop(result: TrainResult, stats: EpochStats, on_epoch) -> TrainResult:
+    result.history.append(stats)
+    if on_epoch is not None:
+        on_epoch(stats)
     return result
 
 

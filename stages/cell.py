@@ -2,7 +2,6 @@
 
     python -m stages.cell <study> <cell-id>
 """
-import dataclasses
 import json
 import math
 import sys
@@ -46,7 +45,7 @@ def main() -> None:
         result = api.run_experiment(spec, paths["train"], paths["test"], progress=bar, trunk=trunk)
     print(f"cell {study}/{cell_id}: {result['status']} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     out = {"study": study, "cell": cell_id, "labels": cell.labels, "scale": raw["scale"],
-           "spec": dataclasses.asdict(spec), **result}
+           "spec": spec.record(), **result}
     write_text_atomic(studies.cell_output(study, cell_id), json.dumps(_finite(out), indent=1) + "\n")
 
 

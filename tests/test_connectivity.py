@@ -132,3 +132,73 @@ def test_path_and_stack_evaluation_count_their_batches_and_give_the_same_bytes()
         counted = evaluate(progress=counter)
         assert counter.n == connectivity.eval_batches(300, 128) == 3
         assert all(x.tobytes() == y.tobytes() for x, y in zip(counted, evaluate()))
+
+
+@pytest.mark.parametrize("spec", [Spec(width=32), Spec(model="vit", width=32)], ids=["mlp", "vit"])
+def test_a_path_in_passes_gives_the_one_pass_bytes_and_counts_them(spec, monkeypatch):
+    """However few models a pass may hold (the memory budget), every α gets the same bytes."""
+    import dataclasses
+
+    from .conftest import Counter, small_split
+
+    a, b = (models.init_model(dataclasses.replace(spec, init_seed=s)) for s in (0, 1))
+    split = small_split(n=300)
+    images, labels = torch.from_numpy(split.images), torch.from_numpy(split.labels)
+    grid = connectivity.alpha_grid(11)
+    per_model = connectivity.model_bytes(a, images.shape[1:], 128)
+    monkeypatch.setitem(connectivity.EVAL_MEMORY, "cpu", 11 * per_model)  # one pass
+    whole = connectivity.evaluate_path(a, a.state_dict(), b.state_dict(), grid, images, labels, "mnist5k", 128)
+    monkeypatch.setitem(connectivity.EVAL_MEMORY, "cpu", 3 * per_model)  # now 3 models a pass: 4 passes
+    counter = Counter()
+    parts = connectivity.evaluate_path(a, a.state_dict(), b.state_dict(), grid, images, labels, "mnist5k", 128,
+                                       progress=counter)
+    assert counter.n == connectivity.eval_passes(a, images.shape[1:], 11, 128) * 3 == 4 * 3
+    assert all(x.tobytes() == y.tobytes() for x, y in zip(whole, parts))
+
+
+def test_model_bytes_bound_what_a_forward_allocates():
+    """The count is an upper bound of the forward's memory: every tensor made, and the weights."""
+    model = models.init_model(Spec(width=512))
+    counted = connectivity.model_bytes(model, (28, 28, 1), batch_size=100)
+    weights = sum(t.numel() * 4 for t in model.state_dict().values())
+    # the first layer's output (100 × 512 floats) and its activation at least, the logits too
+    assert counted >= weights + 4 * 100 * (512 + 512 + 10)
+    assert counted <= weights + 4 * 100 * 4 * (784 + 512 + 512 + 10)  # and not wildly more
+
+
+def test_the_vit_layerwise_case_stays_under_2_gib():
+    """The case that the kernel's OOM killer stopped at 24 GB (issue 15): the layerwise curves of a ViT of width
+    64, every layer × α on a 1,000-image split at the default batch, in a fresh process; its peak RSS counts."""
+    import subprocess
+    import sys
+
+    code = """
+import torch
+from lmc import connectivity, datasets, layerwise, models
+from lmc.spec import Spec
+spec = Spec(model="vit", width=64, alphas=3)
+a, b = (models.init_model(spec, p) for p in (0, 1))
+test = datasets.read_mnist5k()[1]
+images, labels = torch.from_numpy(test.images), torch.from_numpy(test.labels)
+names = layerwise.layer_names(a.state_dict())
+unbounded = len(names) * spec.alphas * connectivity.model_bytes(a, images.shape[1:])
+curves = layerwise.layerwise_curves(a, a.state_dict(), b.state_dict(), images, labels, spec.dataset,
+                                    connectivity.alpha_grid(spec.alphas))
+assert len(curves) == len(names) and all(len(c["error"]) == spec.alphas for c in curves.values())
+hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM"))  # this image's peak (ru_maxrss would
+print(unbounded, int(hwm.split()[1]) * 1024)                              # carry the forking parent's)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    unbounded, peak = map(int, out.stdout.split())
+    assert unbounded > 8 * 2 ** 30  # all points in one pass would have needed this much (an upper bound)
+    assert peak < 2 * 2 ** 30, f"peak RSS {peak / 2 ** 30:.2f} GiB"
+
+
+def test_a_model_too_large_for_the_budget_at_the_default_batch_gets_smaller_batches():
+    vit = models.build(models.arch_from_spec(Spec(model="vit", width="auto")))  # the paper's ViT on MNIST
+    assert connectivity.model_bytes(vit, (28, 28, 1)) > connectivity.EVAL_MEMORY["cpu"]
+    batch = connectivity.eval_batch_size(vit, (28, 28, 1))
+    assert batch < connectivity.EVAL_BATCH
+    assert connectivity.model_bytes(vit, (28, 28, 1), batch) <= connectivity.EVAL_MEMORY["cpu"]
+    assert connectivity.eval_batch_size(models.init_model(Spec()), (28, 28, 1)) == connectivity.EVAL_BATCH

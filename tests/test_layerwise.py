@@ -52,15 +52,17 @@ def test_batched_layer_paths_equal_each_path_alone(betons):
     assert curves["layers.1"]["error"] == alone.tolist()
 
 
-def test_layer_paths_count_layerwise_batches_and_give_the_same_curves(betons, monkeypatch):
+def test_layer_paths_in_passes_count_layerwise_batches_and_give_the_same_curves(betons, monkeypatch):
     from .conftest import Counter
 
-    monkeypatch.setattr(layerwise, "EVAL_STACK", 4)  # 3 layers × 3 α: three passes over the split
     split = data.read_split(betons["test"])
     images, labels = torch.from_numpy(split.images), torch.from_numpy(split.labels)
     a, b = (models.init_model(SPEC, pair).state_dict() for pair in (0, 1))
     model = models.build(models.arch_from_spec(SPEC))
     grid, counter = connectivity.alpha_grid(3), Counter()
+    whole = layerwise.layerwise_curves(model, a, b, images, labels, SPEC.dataset, grid)  # 9 models: one pass
+    # a budget of 4 models: 3 layers × 3 α in three passes, the second holding two layers' points
+    monkeypatch.setitem(connectivity.EVAL_MEMORY, "cpu", 4 * connectivity.model_bytes(model, images.shape[1:]))
     counted = layerwise.layerwise_curves(model, a, b, images, labels, SPEC.dataset, grid, progress=counter)
-    assert counter.n == layerwise.layerwise_batches(a, 3, len(labels)) == 3 * 1
-    assert counted == layerwise.layerwise_curves(model, a, b, images, labels, SPEC.dataset, grid)
+    assert counter.n == layerwise.layerwise_batches(model, a, 3, images.shape[1:], len(labels)) == 3 * 1
+    assert counted == whole
