@@ -137,8 +137,9 @@ def report(raw: dict) -> str:
                   "evaluation): " + "; ".join(checks) + "."]
     measured = json.loads(MEASURED.read_text()) if MEASURED.exists() else {}
     lines += ["", "## cpu scale, the development CPU (2 cores), fp32", "",
-              "The committed results' scale. Measured: cells rerun on this machine, one at a time, "
-              f"wall time of `dvc repro` per cell ({MEASURED}).", "",
+              "The committed results' scale. Measured: cells rerun on this machine one at a time (the relock "
+              f"of 2026-11-27), wall time of `dvc repro -f -s <cell>` with DVC's own start-up, some beside other "
+              f"work on the 2 cores ({MEASURED}).", "",
               "| study | cells | estimated CPU-hours | cells timed | their estimate (s) | their measured time (s) "
               "| measured / estimated |", "|---|---|---|---|---|---|---|"]
     for study in names:

@@ -45,8 +45,8 @@ def layerwise_curves(model: nn.Module, state_a: dict, state_b: dict, images: tor
     per_pass = connectivity.models_per_pass(model, images.shape[1:], device=device)
     for start in range(0, len(points), per_pass):
         chunk = points[start:start + per_pass]
-        stacks = [layer_path_states(state_a, state_b, names[i], alphas[[j for i2, j in chunk if i2 == i]])
-                  for i in sorted({i for i, _ in chunk})]  # each layer's α of this pass, in order
+        stacks = [layer_path_states(state_a, state_b, names[layer], alphas[[j for i, j in chunk if i == layer]])
+                  for layer in sorted({i for i, _ in chunk})]  # each layer's α of this pass, in order
         stacked = {n: torch.cat([s[n] for s in stacks]) for n in state_a}
         e, l = connectivity.evaluate_stack(model, stacked, images, labels, dataset, device=device, progress=progress)
         errors.append(e)

@@ -171,7 +171,7 @@ class GraphedStep:
             for buffer, value in zip(static, feed):
                 buffer.copy_(value)
             graph.replay()
-            return
+            return None
         if shape not in self.seen:  # warm-up: eagerly, on a side stream, as torch's graph docs advise
             self.seen.add(shape)
             side = torch.cuda.Stream()
@@ -179,13 +179,14 @@ class GraphedStep:
             with torch.cuda.stream(side):
                 self.run_step(*self.inputs(*feed))
             torch.cuda.current_stream().wait_stream(side)
-            return
+            return None
         static = [t.clone() for t in feed]
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             self.run_step(*self.inputs(*static))
         self.graphs[shape] = graph, static
         graph.replay()  # capturing ran nothing: this is the step
+        return None
 
 
 def train_twins(spec: Spec, model: nn.Module, loaders: list, aug_seeds: list[int] | None = None, progress=None,
@@ -233,15 +234,21 @@ def train_twins(spec: Spec, model: nn.Module, loaders: list, aug_seeds: list[int
     result = TrainResult(state=state, status="ok")
     tally = EpochTally(k, device)
 
-    def run_step(x: torch.Tensor, y: torch.Tensor) -> None:  # on CUDA: no sync, so a graph can hold it
+    def run_step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        """One optimizer step of the stack; the losses instead where the CPU stops before a non-finite step. On
+        CUDA it makes the host wait for nothing, so that a graph can hold it."""
         logits, losses = stack_losses(spec, model, state, x, y)
-        tally.flag(losses)
+        if not on_gpu and not torch.isfinite(losses).all():
+            return losses
+        if on_gpu:
+            tally.flag(losses)
         opt.zero_grad(set_to_none=True)
         losses.sum().backward()
         if spec.grad_clip:
             clip_per_model(list(state.values()), spec.grad_clip)
         opt.step()
         tally.add(logits, losses, y)
+        return None
 
     # Where every loader reads one split held on the device, a step's input is its (K, B) sample indices.
     shared = (on_gpu and not spec.augment and all(isinstance(l, data.MemoryTwinLoader) for l in loaders)
@@ -252,9 +259,10 @@ def train_twins(spec: Spec, model: nn.Module, loaders: list, aug_seeds: list[int
         x = data.normalize(images.flatten(0, 1), spec.dataset).contiguous()
         return x.view(*index.shape, *x.shape[1:]), labels.long()
 
+    step_on = run_step
     if on_gpu:
         inputs = gathered if shared else (lambda x, y: (x, y))
-        gpu_step = GraphedStep(run_step, inputs) if graphs is not False else (lambda *f: run_step(*inputs(*f)))
+        step_on = GraphedStep(run_step, inputs) if graphs is not False else (lambda *feed: run_step(*inputs(*feed)))
     for epoch in range(step // steps_per_epoch, spec.epochs):
         if step >= total:
             break
@@ -270,28 +278,17 @@ def train_twins(spec: Spec, model: nn.Module, loaders: list, aug_seeds: list[int
         for batches in zip(*epoch_batches, strict=True):
             if on_gpu:
                 lr.fill_(lr_at(spec, step, steps_per_epoch))
-                if shared:
-                    gpu_step(torch.stack([index for index, _ in batches]))
-                else:
-                    x, y = _batch_on(batches, spec, aug_seeds, epoch, device)
-                    gpu_step(x, y)
-                tally.seen += len(batches[0][0])
             else:
-                x, y = _batch_on(batches, spec, aug_seeds, epoch, device)
-                logits, losses = stack_losses(spec, model, state, x, y)
-                if not torch.isfinite(losses).all():
-                    result.status, result.diverged_epoch = "diverged", epoch
-                    stats = EpochStats(epoch, losses.detach().cpu().tolist(), [math.nan] * k, diverged=True)
-                    return _stop(result, stats, on_epoch)
                 for group in opt.param_groups:
                     group["lr"] = lr_at(spec, step, steps_per_epoch)
-                opt.zero_grad(set_to_none=True)
-                losses.sum().backward()
-                if spec.grad_clip:
-                    clip_per_model(list(state.values()), spec.grad_clip)
-                opt.step()
-                tally.add(logits, losses, y)
-                tally.seen += y.shape[1]
+            feed = ((torch.stack([index for index, _ in batches]),) if shared
+                    else _batch_on(batches, spec, aug_seeds, epoch, device))
+            bad = step_on(*feed)
+            if bad is not None:
+                result.status, result.diverged_epoch = "diverged", epoch
+                return _stop(result, EpochStats(epoch, bad.detach().cpu().tolist(), [math.nan] * k, diverged=True),
+                             on_epoch)
+            tally.seen += feed[-1].shape[1]  # the batch size: (K, B) indices or labels
             step += 1
             if progress is not None:
                 progress.update(1)
