@@ -120,3 +120,17 @@ def test_readme_params_table_shows_params_yaml():
         assert meaning == helps[key], f"README's params table: the meaning of {key} is not its help in lmc/spec.py"
     assert describe(spec) in (ROOT / "README.md").read_text(), \
         "README's params table is stale: paste lmc.spec.describe(lmc.spec.load_params())"
+
+
+def test_precision_is_recorded_only_away_from_its_default():
+    """Results recorded before `precision` existed (fp32) keep their spec and trunk key; bf16 results say so."""
+    assert "precision" not in Spec().record()
+    assert Spec(precision="bf16").record()["precision"] == "bf16"
+    assert set(Spec().record()) == {f.name for f in dataclasses.fields(Spec)} - {"precision"}
+
+
+def test_tf32_on_the_cpu_is_one_line():
+    with pytest.raises(SpecError, match=r"^params: precision=tf32 is a GPU matmul mode; use it with device: cuda"):
+        spec_from_dict({"precision": "tf32"})
+    assert spec_from_dict({"precision": "tf32", "device": "cuda"}).precision == "tf32"
+    assert spec_from_dict({"precision": "bf16"}).precision == "bf16"
