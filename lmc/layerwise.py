@@ -42,13 +42,14 @@ def layerwise_curves(model: nn.Module, state_a: dict, state_b: dict, images: tor
     names, alphas = layer_names(state_a), np.asarray(alphas)
     points = [(i, j) for i in range(len(names)) for j in range(len(alphas))]
     errors, losses = [], []
-    per_pass = connectivity.models_per_pass(model, images.shape[1:], device=device)
+    batch = connectivity.eval_batch_size(model, images.shape[1:], device)  # once, for every pass
+    per_pass = connectivity.models_per_pass(model, images.shape[1:], batch, device)
     for start in range(0, len(points), per_pass):
         chunk = points[start:start + per_pass]
         stacks = [layer_path_states(state_a, state_b, names[layer], alphas[[j for i, j in chunk if i == layer]])
                   for layer in sorted({i for i, _ in chunk})]  # each layer's α of this pass, in order
         stacked = {n: torch.cat([s[n] for s in stacks]) for n in state_a}
-        e, l = connectivity.evaluate_stack(model, stacked, images, labels, dataset, device=device, progress=progress)
+        e, l = connectivity.evaluate_stack(model, stacked, images, labels, dataset, batch, device, progress)
         errors.append(e)
         losses.append(l)
     error = np.concatenate(errors).reshape(len(names), len(alphas))
@@ -56,10 +57,9 @@ def layerwise_curves(model: nn.Module, state_a: dict, state_b: dict, images: tor
     return {name: {"error": error[i].tolist(), "loss": loss[i].tolist()} for i, name in enumerate(names)}
 
 
-def layerwise_batches(model: nn.Module, state: dict, alphas: int, image_shape, n: int,
-                      device: torch.device | None = None) -> int:
-    """The evaluation batches `layerwise_curves` runs for a model with this state, `alphas` α, n images."""
-    return connectivity.eval_work(model, image_shape, len(layer_names(state)) * alphas, n, device)
+def layerwise_batches(model: nn.Module, alphas: int, image_shape, n: int, device: torch.device | None = None) -> int:
+    """The evaluation batches `layerwise_curves` runs for `model`, `alphas` α, n images."""
+    return connectivity.eval_work(model, image_shape, len(layer_names(model.state_dict())) * alphas, n, device)
 
 
 def layer_metrics(curves_by_split: dict[str, dict[str, dict]]) -> dict[str, dict]:

@@ -25,8 +25,8 @@ def main() -> None:
     splits = {split: api.load_split(split) for split in paths.BETONS}
     grid = connectivity.alpha_grid(spec.alphas)
     per_pair = []
-    total = len(runs) * sum(layerwise.layerwise_batches(runs[0].a, runs[0].a.state_dict(), len(grid), images.shape[1:],
-                                                        len(labels), dev) for images, labels in splits.values())
+    total = len(runs) * sum(layerwise.layerwise_batches(runs[0].a, len(grid), images.shape[1:], len(labels), dev)
+                            for images, labels in splits.values())
     with tqdm(total=total, desc="layerwise", unit="batch", disable=None) as bar:
         for run in runs:
             a, b = run.a.state_dict(), run.b.state_dict()

@@ -64,5 +64,5 @@ def test_layer_paths_in_passes_count_layerwise_batches_and_give_the_same_curves(
     # a budget of 4 models: 3 layers × 3 α in three passes, the second holding two layers' points
     monkeypatch.setitem(connectivity.EVAL_MEMORY, "cpu", 4 * connectivity.model_bytes(model, images.shape[1:]))
     counted = layerwise.layerwise_curves(model, a, b, images, labels, SPEC.dataset, grid, progress=counter)
-    assert counter.n == layerwise.layerwise_batches(model, a, 3, images.shape[1:], len(labels)) == 3 * 1
+    assert counter.n == layerwise.layerwise_batches(model, 3, images.shape[1:], len(labels)) == 3 * 1
     assert counted == whole
