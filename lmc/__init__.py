@@ -1,9 +1,10 @@
 """Linear mode connectivity of twin networks: shared logic behind the DVC stages (see README)."""
 import os
 
-# Pin the CPU code paths before torch or MKL load: kernels chosen per CPU (AVX-512 vs AVX2) change
-# floating-point results, which would make dvc.lock differ between machines. Users may override.
-os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
-os.environ.setdefault("MKL_CBWR", "AVX2")
+from . import numerics
+
+# Pin the CPU code paths before torch, MKL or oneDNN load (lmc/numerics.py): portable unless LMC_NUMERICS says
+# native. A stage whose spec names the other mode restarts itself in it (numerics.require).
+numerics.pin(os.environ.get(numerics.ENV, "portable"))
 # cuBLAS needs a fixed workspace for deterministic results (see lmc/device.py); read when CUDA starts.
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -1,6 +1,7 @@
 """Where training and evaluation run: the CPU, or one CUDA GPU with deterministic algorithms.
 
-CPU results are pinned by lmc/__init__.py (kernel dispatch, MKL). On CUDA, `select` turns on
+CPU results are pinned by the spec's numerics mode (lmc/numerics.py), which `select` makes this process's own
+before anything computes. On CUDA, `select` turns on
 `torch.use_deterministic_algorithms` (CUBLAS_WORKSPACE_CONFIG is set before torch loads, in
 lmc/__init__.py), turns off cuDNN autotuning and TF32, so reruns on one GPU model give the same bytes;
 CPU and GPU, or two GPU models, round differently and do not.
@@ -9,10 +10,12 @@ from __future__ import annotations
 
 import torch
 
+from . import numerics
 from .spec import Spec, SpecError
 
 
 def select(spec: Spec) -> torch.device:
+    numerics.require(spec.numerics)  # a stage pinned to the other mode restarts here, before any work
     if spec.device == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():

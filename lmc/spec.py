@@ -33,6 +33,7 @@ SCHEDULES = ("constant", "cosine")
 ALIGNMENTS = ("none", "weight_matching")
 DEVICES = ("cpu", "cuda")
 PRECISIONS = ("fp32", "tf32", "bf16")
+NUMERICS = ("portable", "native")
 KERNEL = 4  # hidden-layer kernel (and stride) of cnn and lc_cnn; the vit's patch size
 
 
@@ -75,7 +76,10 @@ class Spec:
                          choices=DEVICES)
     precision: str = _field("fp32", "training arithmetic: fp32 (the paper's), tf32 (cuda: TF32 matmuls) or bf16 "
                             "(autocast, fp32 master weights); the path is always evaluated in fp32",
-                            choices=PRECISIONS, recorded_at_default=False)
+                            choices=PRECISIONS, legacy="fp32")
+    numerics: str = _field("portable", "CPU kernels: portable (the same bytes on every x86-64 CPU) or native (this "
+                           "machine's fastest; same bytes on one kind of CPU only); see lmc/numerics.py",
+                           choices=NUMERICS, legacy="native")
     alphas: int = _field(11, "number of equidistant interpolation points on [0, 1], endpoints included", min=2)
     refine_alphas: int = _field(0, "α points added inside each grid interval next to each curve's highest "
                                 "interior point (0 = off); the grid's own barrier is still reported", min=0)
@@ -95,10 +99,10 @@ class Spec:
         return -(-self.data["train"] // self.batch_size)
 
     def record(self) -> dict[str, Any]:
-        """Every key and its value, as results record them; keys added after results were first recorded
-        are left out at their default (the value that reproduces those results), as open_lth names runs."""
+        """Every key and its value, as results record them; a key added after results were first recorded is
+        left out at its `legacy` value (the one that reproduces those results), as open_lth names runs."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.metadata.get("recorded_at_default", True) or getattr(self, f.name) != f.default}
+                if "legacy" not in f.metadata or getattr(self, f.name) != f.metadata["legacy"]}
 
     def pair_seeds(self, pair: int) -> dict[str, int]:
         """The seeds of twin pair `pair` (pair 0: exactly those written above)."""

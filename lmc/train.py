@@ -13,14 +13,13 @@ import contextlib
 import copy
 import itertools
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from torch import nn
 
-from . import data
+from . import data, numerics
 from .augment import augment
 from .models import CheckpointError, read_payload, stack_states, stacked_forward, unstack_state, write_payload
 from .paths import repro
@@ -209,7 +208,7 @@ def train_twins(spec: Spec, model: nn.Module, loaders: list, aug_seeds: list[int
     device = device or torch.device("cpu")
     if spec.augment and (aug_seeds is None or len(aug_seeds) != len(loaders)):
         raise ValueError("augment is on: pass one augmentation seed per loader")
-    threads = threads or os.cpu_count() or 1
+    threads = threads or numerics.threads()
     k = len(loaders)
     initial = start.state if start is not None else stack_states(inits or [model.state_dict()] * k)
     if next(iter(initial.values())).shape[0] != k:

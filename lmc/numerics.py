@@ -1,0 +1,202 @@
+"""Numerics modes: which CPU kernels compute, pinned before torch loads (this module imports no torch).
+
+Training amplifies the last bit of every sum, so a kernel that sums in another order on another CPU makes
+another model. Two modes (the `numerics` param):
+
+- `portable`: the same bytes on every x86-64 CPU. Every kernel choice that depends on the CPU is pinned,
+  whatever the environment says: ATen's own kernels at their baseline build (`ATEN_CPU_CAPABILITY=default`,
+  no AVX2/AVX-512 variants), MKL on its conditional-numerical-reproducibility path that every x86-64 CPU
+  takes, Intel or AMD (`MKL_CBWR=COMPATIBLE`), oneDNN and NNPACK off (their kernels are chosen per ISA and
+  cache size), and a fixed thread count (ATen and MKL split sums by thread). tests/test_numerics.py proves it
+  on one machine under every ISA level and thread count it can take.
+- `native`: this machine's fast paths, as the results made before the modes existed: ATen capped at AVX2 and
+  MKL asked for its AVX2 branch (which it takes on Intel only), both unless the environment says otherwise,
+  and every core. Same bytes on one kind of CPU only.
+
+`lmc/__init__.py` pins the mode named by LMC_NUMERICS (default portable) when lmc is first imported. A stage
+whose spec names the other mode starts itself again in it (`require`), before any work; a notebook is told
+to set LMC_NUMERICS. CUDA runs are reproducible per GPU model whatever the mode (lmc/device.py).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+
+MODES = ("portable", "native")
+ENV = "LMC_NUMERICS"
+PORTABLE_THREADS = 2  # ATen and MKL split work by thread: a fixed count, oversubscribed or not
+# The environment of the portable pin: forced, whatever the user set.
+PORTABLE_ENV = {
+    "ATEN_CPU_CAPABILITY": "default",
+    "MKL_CBWR": "COMPATIBLE",
+    "MKL_DYNAMIC": "FALSE",  # MKL would otherwise pick its own thread count per call
+    "MKL_NUM_THREADS": str(PORTABLE_THREADS),
+    "OMP_NUM_THREADS": str(PORTABLE_THREADS),
+    "ONEDNN_MAX_CPU_ISA": "SSE41",  # oneDNN is off (configure_torch); should a kernel reach it, its lowest ISA
+    "DNNL_MAX_CPU_ISA": "SSE41",
+}
+NATIVE_DEFAULTS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}  # what results before the modes used
+RESTORE = "LMC_NUMERICS_RESTORE"  # the values the portable pin replaced, for a native process started below it
+
+_active: str | None = None
+_reexec_allowed = False
+
+
+class NumericsError(RuntimeError):
+    """A process pinned to one mode asked to compute in the other; the message is one line."""
+
+
+def pin(mode: str) -> None:
+    """Set the environment of `mode` for the kernels torch, MKL and oneDNN load (call before torch loads)."""
+    global _active
+    if mode not in MODES:
+        raise NumericsError(f"{ENV}={mode!r} is not a numerics mode; choose one of {', '.join(MODES)}")
+    restore = json.loads(os.environ.pop(RESTORE, "{}"))
+    for key, value in restore.items():  # undo a portable pin inherited from a parent process
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    if mode == "portable":
+        replaced = {key: os.environ.get(key) for key in PORTABLE_ENV}
+        os.environ.update(PORTABLE_ENV)
+        os.environ[RESTORE] = json.dumps(replaced)
+    else:
+        for key, value in NATIVE_DEFAULTS.items():
+            os.environ.setdefault(key, value)
+    os.environ[ENV] = mode
+    _active = mode
+
+
+def unpinned_environ() -> dict[str, str]:
+    """os.environ as it was before this process's portable pin: for a child that should see the user's own."""
+    env = dict(os.environ)
+    for key, value in json.loads(env.pop(RESTORE, "{}")).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    env.pop(ENV, None)
+    return env
+
+
+def active() -> str:
+    if _active is None:
+        raise NumericsError("lmc.numerics.pin was never called (lmc/__init__.py calls it)")
+    return _active
+
+
+def allow_restart() -> None:
+    """This process is a stage (`python -m stages.<name>`): `require` may start it again in the other mode."""
+    global _reexec_allowed
+    _reexec_allowed = True
+
+
+def threads() -> int:
+    """The thread count computing uses in this mode (portable: fixed; native: every core)."""
+    return PORTABLE_THREADS if active() == "portable" else (os.cpu_count() or 1)
+
+
+def configure_torch() -> None:
+    """The settings that can only be made after torch loads: oneDNN and NNPACK off and the thread count fixed
+    (portable), or every core (native, as before)."""
+    import torch
+    if active() == "portable":
+        torch.backends.mkldnn.enabled = False
+        torch.backends.nnpack.set_flags(False)
+    torch.set_num_threads(threads())
+
+
+def require(mode: str) -> None:
+    """Compute in `mode` from here on: configure torch if this process is pinned to it; else start this stage
+    again in it (nothing has been written yet), or, outside a stage, stop with one line."""
+    if mode == active():
+        configure_torch()
+        return
+    if not _reexec_allowed:
+        raise NumericsError(f"this Python process computes in numerics={active()} (pinned when lmc was first "
+                            f"imported) but the spec asks for numerics={mode}; start Python with {ENV}={mode}")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    env = dict(os.environ, **{ENV: mode})
+    os.execve(sys.executable, sys.orig_argv, env)
+
+
+def environment(device: str = "cpu") -> dict:
+    """The numeric environment this process computes in: what a reproduction check compares when the bytes
+    differ. Torch must be loaded."""
+    import torch
+    env = {
+        "numerics": active(),
+        "cpu": _cpu_model(),
+        "machine": platform.machine(),
+        "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
+        "mkl": _built_with(torch, "Math Kernel Library Version "),
+        "onednn": _built_with(torch, "MKL-DNN "),
+        "onednn_enabled": torch.backends.mkldnn.enabled,
+        "threads": torch.get_num_threads(),
+        "pins": {key: os.environ.get(key) for key in PORTABLE_ENV},
+    }
+    if device == "cuda" and torch.cuda.is_available():
+        env["cuda"] = {"gpu": torch.cuda.get_device_name(), "cuda": torch.version.cuda,
+                       "driver": _nvidia_driver(), "cudnn": torch.backends.cudnn.version(),
+                       "deterministic": torch.are_deterministic_algorithms_enabled(),
+                       "cublas_workspace": os.environ.get("CUBLAS_WORKSPACE_CONFIG")}
+    return env
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _built_with(torch, label: str) -> str | None:
+    """The version torch's build configuration gives after `label` (MKL, oneDNN)."""
+    for line in torch.__config__.show().splitlines():
+        if label in line:
+            return line.split(label, 1)[1].split(" for ")[0].split(" (Git")[0].strip()
+    return None
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        with open("/proc/driver/nvidia/version") as f:
+            return f.readline().strip()
+    except OSError:
+        return None
+
+
+FINGERPRINT_MODELS = ("mlp", "linear", "cnn", "lc_cnn", "vit")
+
+
+def fingerprint(models: tuple[str, ...] = FINGERPRINT_MODELS) -> dict[str, str]:
+    """A short twin experiment per model on fixed synthetic images, through the real code (Θ0, training with
+    Adam and augmentation, the path, the report's metrics), in this process's mode: the sha256 of each result.
+    Any kernel that computes another bit on this machine changes it."""
+    import hashlib
+
+    import numpy as np
+
+    from . import api, data
+    from .spec import spec_from_dict
+    rng = np.random.default_rng(0)
+    split = [data.Split(rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, n))
+             for n in (256, 64)]
+    out = {}
+    for model in models:
+        spec = spec_from_dict({"model": model, "width": 32, "channels": 8, "epochs": 1, "batch_size": 64,
+                               "optimizer": "adam", "lr": 0.001, "augment": True, "pairs": 2,
+                               "numerics": active()})
+        result = api.experiment(spec, *split)
+        out[model] = hashlib.sha256(json.dumps(result).encode()).hexdigest()[:16]
+    return out
+

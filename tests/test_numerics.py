@@ -1,0 +1,90 @@
+"""Numerics modes (lmc/numerics.py). The one-machine proof of the portable mode: the same bytes under every ISA
+level this machine can take on (ATen's CPU capability, MKL's instruction set and reproducibility branch,
+oneDNN's ISA, glibc's and numpy's CPU features) and every thread count, each set the way a user's environment
+would set it. A kernel choice nobody pinned changes the fingerprint, and the native mode shows the probe sees it.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lmc import numerics
+from lmc.spec import Spec, SpecError, spec_from_dict
+
+FLAGS = set(open("/proc/cpuinfo").read().split()) if os.path.exists("/proc/cpuinfo") else set()
+AVX512 = "avx512f" in FLAGS
+# Every level each knob may name on this machine (a level the CPU lacks is not one it can take on).
+ISA_LEVELS = (
+    [("ATEN_CPU_CAPABILITY", v) for v in ("default", "avx2") + (("avx512",) if AVX512 else ())]
+    + [("MKL_ENABLE_INSTRUCTIONS", v) for v in ("SSE4_2", "AVX", "AVX2") + (("AVX512",) if AVX512 else ())]
+    + [("MKL_CBWR", v) for v in ("AUTO", "AVX2") + (("AVX512",) if AVX512 else ())]
+    + [("ONEDNN_MAX_CPU_ISA", v) for v in ("SSE41", "AVX", "AVX2") + (("AVX512_CORE",) if AVX512 else ())]
+    + [("GLIBC_TUNABLES", "glibc.cpu.hwcaps=-AVX2,-FMA,-AVX")]  # libm's exp/log variants without FMA
+    + [("NPY_DISABLE_CPU_FEATURES", "AVX2 FMA3" + (" AVX512F" if AVX512 else ""))]
+)
+THREADS = [("OMP_NUM_THREADS", str(n)) for n in (1, 2, 4, 8)]
+PROBE = "import json; from lmc import numerics; numerics.configure_torch(); print(json.dumps(numerics.fingerprint()))"
+
+
+def fingerprint(mode: str, **env) -> dict:
+    """The fingerprint of a fresh Python process in `mode`, the user's environment plus `env`."""
+    if "OMP_NUM_THREADS" in env:
+        env["MKL_NUM_THREADS"] = env["OMP_NUM_THREADS"]
+    proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=600,
+                          env={**numerics.unpinned_environ(), **env, numerics.ENV: mode})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def portable():
+    return fingerprint("portable")
+
+
+@pytest.mark.parametrize("key,value", ISA_LEVELS + THREADS, ids=[f"{k}={v}" for k, v in ISA_LEVELS + THREADS])
+def test_portable_bytes_do_not_depend_on_the_cpu_path_or_threads(portable, key, value):
+    assert fingerprint("portable", **{key: value}) == portable
+
+
+def test_the_fingerprint_sees_a_kernel_choice():
+    """The probe is sensitive: in the native mode, ATen's AVX2 kernels and its baseline ones give other bytes
+    (so a kernel choice the portable mode left unpinned would fail the test above)."""
+    avx2, baseline = fingerprint("native", ATEN_CPU_CAPABILITY="avx2"), fingerprint("native", ATEN_CPU_CAPABILITY="default")
+    assert all(avx2[m] != baseline[m] for m in avx2), (avx2, baseline)
+
+
+def test_portable_pins_what_the_user_set_and_native_leaves_it():
+    probe = "import os, torch, lmc, lmc.numerics as n; n.configure_torch(); " \
+            "print(os.environ['ATEN_CPU_CAPABILITY'], os.environ['MKL_CBWR'], torch.get_num_threads(), " \
+            "torch.backends.mkldnn.enabled)"
+    env = {**numerics.unpinned_environ(), "ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AUTO", "OMP_NUM_THREADS": "7"}
+    run = lambda mode: subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                                      env={**env, numerics.ENV: mode}).stdout.split()
+    assert run("portable") == ["default", "COMPATIBLE", str(numerics.PORTABLE_THREADS), "False"]
+    assert run("native")[:2] == ["avx2", "AUTO"]  # the user's choice, as before the modes
+
+
+def test_a_native_child_of_a_portable_process_gets_the_users_environment():
+    env = {**numerics.unpinned_environ(), "ATEN_CPU_CAPABILITY": "avx2"}
+    env.pop("MKL_CBWR", None)
+    parent = ("import os, subprocess, sys, lmc; os.environ['LMC_NUMERICS'] = 'native'; "
+              "print(subprocess.run([sys.executable, '-c', 'import os, lmc; print(os.environ[\"ATEN_CPU_CAPABILITY\"], "
+              "os.environ[\"MKL_CBWR\"], \"OMP_NUM_THREADS\" in os.environ)'], capture_output=True, text=True).stdout)")
+    out = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, check=True,
+                         env={**env, numerics.ENV: "portable"}).stdout.split()
+    assert out == ["avx2", "AVX2", "False"]
+
+
+def test_the_mode_is_a_param_recorded_away_from_its_legacy_value():
+    assert Spec().numerics == "portable" and Spec().record()["numerics"] == "portable"
+    assert "numerics" not in Spec(numerics="native").record()  # results made before the modes were native
+    with pytest.raises(SpecError, match="numerics='fast' is not allowed; choose one of portable, native"):
+        spec_from_dict({"numerics": "fast"})
+
+
+def test_outside_a_stage_the_other_mode_is_one_clear_error():
+    assert numerics.active() == "portable"
+    with pytest.raises(numerics.NumericsError, match="start Python with LMC_NUMERICS=native"):
+        numerics.require("native")
