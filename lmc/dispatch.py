@@ -35,7 +35,7 @@ from pathlib import Path
 
 import yaml
 
-from . import cost, studies
+from . import cost, paths, studies
 from .io import write_bytes_atomic, write_text_atomic
 from .spec import SpecError
 from .stage import entry
@@ -150,6 +150,11 @@ def check_committed() -> str:
     return git("rev-parse", "HEAD")
 
 
+def numerics_record(stage: str) -> Path:
+    """Where a study stage's numeric environment is recorded (stages/cell.py, stages/trunk.py)."""
+    return paths.STUDY_NUMERICS_DIR / f"{stage}.json"
+
+
 def add_lock_entries(lock_file: Path, entries: dict) -> None:
     """Put `entries` (stage -> lock entry) into a dvc.lock so that `dvc pull <stage>` knows what to fetch
     (DVC rewrites the file in its own format at the next commit or repro)."""
@@ -185,7 +190,9 @@ def run_task(task: Task) -> dict:
         if len(uncached) < len(outs):
             dvc("push", "-r", "dispatch", task.stage, cwd=proj)
         files = {p: base64.b64encode((proj / p).read_bytes()).decode() for p in uncached}
-        return {"stage": task.stage, "lock": entry_, "files": files}
+        record = ws / numerics_record(task.stage)  # the worker's numeric environment, beside the results
+        return {"stage": task.stage, "lock": entry_, "files": files,
+                "numerics": record.read_text() if record.exists() else None}
     except BaseException:
         reap_descendants()  # a cancelled stage may still be exiting; it must not write into a removed clone
         raise
@@ -252,6 +259,8 @@ def take_home(result: dict) -> None:
         if home != lock_entry:
             raise DispatchError(f"dispatch: {stage} was recorded at home with other hashes than the worker's "
                                 f"(different code, params or data?); run `dvc --cd studies repro {stage}` here")
+        if result.get("numerics"):
+            write_text_atomic(numerics_record(stage), result["numerics"])
     except BaseException:
         if before is None:
             lock_file.unlink(missing_ok=True)

@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import sys
+from pathlib import Path
 
 MODES = ("portable", "native")
 ENV = "LMC_NUMERICS"
@@ -146,6 +147,19 @@ def environment(device: str = "cpu") -> dict:
                        "deterministic": torch.are_deterministic_algorithms_enabled(),
                        "cublas_workspace": os.environ.get("CUBLAS_WORKSPACE_CONFIG")}
     return env
+
+
+def record(path, key: str, device: str = "cpu") -> None:
+    """Add this process's numeric environment under `key` to the JSON file at `path` (beside the results, not
+    one of them: it differs between machines that compute the same bytes)."""
+    from .io import write_text_atomic
+    path = Path(path)
+    try:
+        records = json.loads(path.read_text())
+    except (OSError, ValueError):
+        records = {}
+    records[key] = environment(device)
+    write_text_atomic(path, json.dumps(dict(sorted(records.items())), indent=1) + "\n")
 
 
 def _cpu_model() -> str:

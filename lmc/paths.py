@@ -15,6 +15,10 @@ SUMMARY = Path("reports/summary.md")
 FIGURE = Path("reports/interpolation.png")
 LAYERWISE = Path("reports/layerwise.json")
 LAYERWISE_SUMMARY = Path("reports/layerwise.md")
+# The numeric environment each computing stage ran in (lmc/numerics.py): tracked by git, not DVC, since it
+# differs between machines that compute the same bytes; a reproduction check reads it when bytes differ.
+NUMERICS = Path("reports/numerics.json")
+STUDY_NUMERICS_DIR = Path("studies/numerics")  # one file per study stage: <stage>.json
 
 
 def repro(stage: str, force: bool = False) -> str:

@@ -30,7 +30,7 @@ SCALES = ("cpu", "paper", "smoke")  # the scales a per-scale value may name; cpu
 REQUIRED_SCALES = ("cpu", "paper")
 SCALE_KEYS = {"datasets", "defaults", "overrides", "like"}
 SLUG = re.compile(r"^[A-Za-z0-9_]+(-[A-Za-z0-9_]+)*$")
-CODE = ["lmc/__init__.py", "lmc/spec.py", "lmc/paths.py", "lmc/stage.py", "lmc/io.py", "lmc/seeds.py"]
+CODE = ["lmc/__init__.py", "lmc/numerics.py", "lmc/spec.py", "lmc/paths.py", "lmc/stage.py", "lmc/io.py", "lmc/seeds.py"]
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import time
 
 from tqdm import tqdm
 
-from lmc import api, studies, studies_dvc, train
+from lmc import api, numerics, paths, studies, studies_dvc, train
 from lmc.io import write_text_atomic
 from lmc.spec import SpecError
 from lmc.stage import entry
@@ -47,6 +47,7 @@ def main() -> None:
     out = {"study": study, "cell": cell_id, "labels": cell.labels, "scale": raw["scale"],
            "spec": spec.record(), **result}
     write_text_atomic(studies.cell_output(study, cell_id), json.dumps(_finite(out), indent=1) + "\n")
+    numerics.record(paths.STUDY_NUMERICS_DIR / f"{study}-{cell_id}.json", f"{study}-{cell_id}", spec.device)
 
 
 if __name__ == "__main__":

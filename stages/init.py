@@ -13,6 +13,7 @@ def main() -> None:
         models.save_checkpoint(paths.init(pair), models.arch_from_spec(spec), model.state_dict(),
                                init_seed=spec.pair_seeds(pair)["init"])
 
+    numerics.record(paths.NUMERICS, "init", "cpu")
 
 if __name__ == "__main__":
     main()

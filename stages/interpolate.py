@@ -3,7 +3,7 @@ import json
 
 from tqdm import tqdm
 
-from lmc import api, connectivity, paths
+from lmc import api, connectivity, numerics, paths
 from lmc.device import select as select_device
 from lmc.io import write_text_atomic
 from lmc.spec import load_params
@@ -24,6 +24,7 @@ def main() -> None:
             curves = api.experiment_curves(spec, runs[0].a, twins, splits, dev, progress=bar)
     write_text_atomic(paths.CURVES, json.dumps(curves, indent=1) + "\n")
 
+    numerics.record(paths.NUMERICS, "interpolate", spec.device)
 
 if __name__ == "__main__":
     main()

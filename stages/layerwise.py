@@ -5,7 +5,7 @@ import json
 import numpy as np
 from tqdm import tqdm
 
-from lmc import api, connectivity, layerwise, paths
+from lmc import api, connectivity, layerwise, numerics, paths
 from lmc.device import select as select_device
 from lmc.io import write_text_atomic
 from lmc.spec import load_params
@@ -44,6 +44,7 @@ def main() -> None:
         rows.append(f"| {layer} | {100 * m['barrier_train']:.2f} | {100 * m['barrier_test']:.2f} | "
                     f"{100 * m['hybrid_error_train']:.2f} | {100 * m['hybrid_error_test']:.2f} |")
     write_text_atomic(paths.LAYERWISE_SUMMARY, "\n".join(rows) + "\n")
+    numerics.record(paths.NUMERICS, "layerwise", spec.device)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import sys
 from dvclive import Live
 from tqdm import tqdm
 
-from lmc import data, device, models, paths
+from lmc import data, device, models, numerics, paths
 from lmc.io import write_text_atomic
 from lmc.spec import load_params
 from lmc.stage import entry
@@ -47,6 +47,7 @@ def main() -> None:
                                    twin=side, pair=pair, status=result.status, diverged_epoch=result.diverged_epoch,
                                    order_seed=seeds[f"order_{side}"], spawn_step=spec.spawn_step)
 
+    numerics.record(paths.NUMERICS, "train", spec.device)
 
 if __name__ == "__main__":
     main()

@@ -8,7 +8,7 @@ import sys
 
 from tqdm import tqdm
 
-from lmc import data, device, models, studies
+from lmc import data, device, models, numerics, paths, studies
 from lmc.spec import SpecError
 from lmc.stage import entry
 from lmc.train import save_snapshot, train_trunks
@@ -19,12 +19,13 @@ def main() -> None:
     study = sys.argv[1]
     raw = studies.load()
     spec, steps = studies.trunk_plan(raw, study)
+    dev = device.select(spec)  # in the spec's numerics mode before Θ0 is drawn
     split = data.read_split(studies.data_paths(studies.paper_dataset(raw, studies.cells(raw, study)[0]))["train"])
     inits = [models.init_model(spec, pair).state_dict() for pair in range(spec.pairs)]
     try:
         with tqdm(total=max(steps, default=0), desc=f"trunk {study}", unit="step", disable=None) as bar:
             snapshots = train_trunks(spec, models.build(models.arch_from_spec(spec)), inits, split, steps,
-                                     device.select(spec), progress=bar)
+                                     dev, progress=bar)
     except FloatingPointError as err:
         raise SpecError(f"studies: {study}'s shared trunk is unstable ({err}); its cells cannot branch, "
                         f"change the study's settings (a lower lr, warm-up)") from None
@@ -32,6 +33,7 @@ def main() -> None:
     shutil.rmtree(out, ignore_errors=True)  # DVC removes it before a run too; this keeps no stale step
     for step, snapshot in snapshots.items():
         save_snapshot(studies.trunk_path(study, step), snapshot, studies.trunk_key(spec))
+    numerics.record(paths.STUDY_NUMERICS_DIR / f"trunk-{study}.json", f"trunk-{study}", spec.device)
     print(f"trunk {study}: {len(steps)} snapshots, steps {steps}", file=sys.stderr)
 
 
