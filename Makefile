@@ -11,7 +11,7 @@ TEST_APT_PACKAGES := slurm-wlm munge chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUN := PATH="$(BIN):$$PATH"
 
-.PHONY: setup repro test study dispatch system-packages test-system-packages apt
+.PHONY: setup repro test check-repro study dispatch system-packages test-system-packages apt
 setup: system-packages $(STAMP)
 
 system-packages:
@@ -33,6 +33,12 @@ $(STAMP): requirements.txt pyproject.toml
 
 repro: setup
 	$(RUN) dvc repro
+
+# `make check-repro`: rerun the default experiment from scratch and compare its bytes with the committed ones;
+# on a difference, say which outputs and metrics moved and how the numeric environment differs (lmc/reproduce.py).
+check-repro: setup
+	$(RUN) dvc repro -f
+	$(RUN) python -m lmc.reproduce
 
 test: setup test-system-packages
 	$(RUN) python -m pytest

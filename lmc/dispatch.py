@@ -450,16 +450,32 @@ def _gpu_ids() -> list[str]:
 
 
 def _minutes(limit: str) -> int:
-    """SLURM's [D-]HH:MM[:SS] (or plain minutes) as minutes, seconds rounded up."""
-    days, _, rest = limit.rpartition("-")
+    """SLURM's --time as sbatch reads it, in minutes (seconds rounded up): MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM,
+    D-HH:MM:SS. (A day form without seconds: `1-12` is a day and 12 hours; `10:30` is 10 minutes 30 seconds.)"""
+    bad = DispatchError(f"dispatch: --time={limit!r} is not a finite SLURM time limit; write minutes (90), "
+                        f"HH:MM:SS (4:00:00) or D-HH[:MM[:SS]] (1-12 for a day and 12 hours)")
+    days, dash, rest = limit.strip().partition("-")
     try:
-        parts = [int(p) for p in rest.split(":")]
-        if len(parts) == 1:
-            return int(days or 0) * 1440 + parts[0]
-        h, m, s = (parts + [0])[:3]
-        return int(days or 0) * 1440 + h * 60 + m + (s > 0)
+        parts = [int(p) for p in rest.split(":")] if dash else [int(p) for p in days.split(":")]
+        day = int(days) if dash else 0
     except ValueError:
-        raise DispatchError(f"dispatch: --time={limit!r} is not a SLURM time limit; write e.g. 4:00:00") from None
+        raise bad from None
+    if dash:
+        if not 1 <= len(parts) <= 3:
+            raise bad
+        h, m, s = (parts + [0, 0])[:3]
+    elif len(parts) == 1:
+        h, m, s = 0, parts[0], 0
+    elif len(parts) == 2:
+        h, (m, s) = 0, parts
+    elif len(parts) == 3:
+        h, m, s = parts
+    else:
+        raise bad
+    seconds = ((day * 24 + h) * 60 + m) * 60 + s
+    if min(day, h, m, s) < 0 or seconds <= 0:
+        raise bad
+    return -(-seconds // 60)
 
 
 # -- records: what was sent, what failed ---------------------------------------------------------------------

@@ -101,13 +101,14 @@ def threads() -> int:
 
 
 def configure_torch() -> None:
-    """The settings that can only be made after torch loads: oneDNN and NNPACK off and the thread count fixed
-    (portable), or every core (native, as before)."""
+    """The settings that can only be made after torch loads. Portable: oneDNN and NNPACK off, the thread count
+    fixed. Native: none (training takes every core, evaluation torch's default, as before the modes)."""
+    if active() != "portable":
+        return
     import torch
-    if active() == "portable":
-        torch.backends.mkldnn.enabled = False
-        torch.backends.nnpack.set_flags(False)
-    torch.set_num_threads(threads())
+    torch.backends.mkldnn.enabled = False
+    torch.backends.nnpack.set_flags(False)
+    torch.set_num_threads(PORTABLE_THREADS)
 
 
 def require(mode: str) -> None:

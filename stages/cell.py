@@ -35,14 +35,14 @@ def main() -> None:
                         f"run `python -m lmc.studies_dvc`, then repro again")
     cell = studies.find_cell(raw, study, cell_id)
     spec = studies.resolve(raw, cell)
-    paths = studies.data_paths(studies.paper_dataset(raw, cell))
+    data_files = studies.data_paths(studies.paper_dataset(raw, cell))
     trunk = None
     if studies.has_shared_trunk(raw, study) and spec.spawn_step:
         trunk = train.load_snapshot(studies.trunk_path(study, spec.spawn_step), studies.trunk_key(spec),
                                     stage=f"studies:trunk-{study}")
     start = time.perf_counter()
     with tqdm(total=api.experiment_work(spec), desc=f"cell {study}/{cell_id}", disable=None) as bar:
-        result = api.run_experiment(spec, paths["train"], paths["test"], progress=bar, trunk=trunk)
+        result = api.run_experiment(spec, data_files["train"], data_files["test"], progress=bar, trunk=trunk)
     print(f"cell {study}/{cell_id}: {result['status']} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     out = {"study": study, "cell": cell_id, "labels": cell.labels, "scale": raw["scale"],
            "spec": spec.record(), **result}

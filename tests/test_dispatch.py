@@ -192,8 +192,17 @@ def test_uncommitted_inputs_and_unknown_studies_are_refused_in_one_line(tmp_path
     assert not (repo / "studies/out").exists()
 
 
-def test_slurm_time_limits():
-    assert dispatch._minutes("4:00:00") == 240 and dispatch._minutes("1-00:30") == 1470
-    assert dispatch._minutes("90") == 90 and dispatch._minutes("0:10:01") == 11
-    with pytest.raises(dispatch.DispatchError, match="not a SLURM time limit"):
-        dispatch._minutes("four hours")
+# Every form `sbatch --time` accepts (its man page), read as sbatch reads it: minutes, rounded up.
+SBATCH_TIMES = {"90": 90, "10:30": 11, "10:00": 10, "4:00:00": 240, "0:10:01": 11, "1-12": 2160, "1-00:30": 1470,
+                "2-03:04:05": 2 * 1440 + 185, "0-0:0:1": 1}
+
+
+@pytest.mark.parametrize("limit,minutes", SBATCH_TIMES.items())
+def test_slurm_time_limits_are_read_as_sbatch_reads_them(limit, minutes):
+    assert dispatch._minutes(limit) == minutes
+
+
+@pytest.mark.parametrize("limit", ["four hours", "1:2:3:4", "1-2:3:4:5", "-5", "0", "UNLIMITED", "1-"])
+def test_a_time_limit_sbatch_would_refuse_or_that_is_unbounded_is_one_line(limit):
+    with pytest.raises(dispatch.DispatchError, match="not a finite SLURM time limit"):
+        dispatch._minutes(limit)

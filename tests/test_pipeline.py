@@ -71,7 +71,14 @@ def test_repro_writes_every_report(tiny_repo):
     assert set(metrics) == set(report.METRIC_KEYS) and metrics["pairs"] == 3  # params.yaml's default
     assert tuple(metrics)[:len(report.SHOWN_FIRST)] == report.SHOWN_FIRST  # what `dvc exp show` leads with
     assert all(0 <= metrics[k] <= 1 for k in metrics if k.startswith(("acc", "barrier")) and "_ci_" not in k)
-    assert metrics["barrier_test_ci_low"] <= metrics["barrier_test"] <= metrics["barrier_test_ci_high"]
+    # The interval, recomputed by hand from each pair's curve: mean ± t(0.975, 2)·s/√3 over the 3 pairs.
+    curves = json.loads((tiny_repo / "data/interpolation.json").read_text())["pairs"]
+    barriers = [max(c["test_error"]) - (c["test_error"][0] + c["test_error"][-1]) / 2 for c in curves]
+    mean = sum(barriers) / 3
+    half = 4.302653 * (sum((b - mean) ** 2 for b in barriers) / 2) ** 0.5 / 3 ** 0.5
+    assert metrics["barrier_test"] == pytest.approx(mean, abs=1e-6)
+    assert (metrics["barrier_test_ci_low"], metrics["barrier_test_ci_high"]) == pytest.approx(
+        (mean - half, mean + half), abs=1e-6)
     assert metrics["barrier_test_cross_init"] is not None
     csv = (tiny_repo / "reports/interpolation.csv").read_text().splitlines()
     assert csv[0] == "alpha,train_error,test_error,train_loss,test_loss" and len(csv) == 12
@@ -209,12 +216,24 @@ def test_bad_params_stop_dvc_repro_with_one_line_and_no_output(tmp_path, line, m
     assert not any((repo / "data").glob("*.beton")) and not (repo / "data/init").exists()
 
 
-def test_committed_lock_reproduces_here(tmp_path):
-    """The default experiment, run from scratch, gives the bytes pinned in the committed dvc.lock."""
+def test_committed_lock_reproduces_here_and_a_difference_is_explained(tmp_path):
+    """The default experiment, run from scratch, gives the bytes pinned in the committed dvc.lock (the check
+    users run: make check-repro); rerun in the other numerics mode, the check fails and says why."""
     repo = copy_repo(tmp_path)
     sh(repo, "dvc", "repro", "-f")
-    diff = sh(repo, "git", "diff", "--stat", "dvc.lock", "reports/metrics.json", check=False).stdout
-    assert diff == "", f"the committed results do not reproduce:\n{diff}"
+    check = sh(repo, sys.executable, "-m", "lmc.reproduce", check=False)
+    assert check.returncode == 0, f"the committed results do not reproduce:\n{check.stdout}"
+    assert "reproduced: all 15 outputs" in check.stdout
+    assert json.loads((repo / "reports/numerics.json").read_text())["train"]["numerics"] == "portable"
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    (repo / "params.yaml").write_text(yaml.safe_dump({**params, "numerics": "native"}, sort_keys=False))
+    sh(repo, "dvc", "repro")
+    check = sh(repo, sys.executable, "-m", "lmc.reproduce", check=False)
+    assert check.returncode == 1, check.stdout
+    assert "NOT reproduced" in check.stdout and "- data/twins (stage train)" in check.stdout
+    assert re.search(r"^    \w+: \S+ → \S+ \([+-]", check.stdout, re.M), check.stdout  # a metric and its move
+    assert "another numerics mode (portable → native)" in check.stdout
 
 
 TINY_STUDIES = {

@@ -23,10 +23,10 @@ def test_workflow_matches_githubs_schema_and_a_broken_one_does_not(tmp_path):
     assert validate(tmp_path / "broken.yml").returncode != 0
 
 
-def test_workflow_reproduces_and_fails_on_any_change_to_the_lock():
+def test_workflow_reproduces_and_fails_on_any_change_with_a_report():
     steps = yaml.safe_load(WORKFLOW.read_text())["jobs"]["reproduce"]["steps"]
     runs = "\n".join(s.get("run", "") for s in steps)
     assert "make setup" in runs and "dvc repro --force" in runs
-    assert "git diff --exit-code --stat dvc.lock reports/" in runs
+    assert "python -m lmc.reproduce" in runs and "pipefail" in runs  # fails with its report
     summary = next(s["run"] for s in steps if "GITHUB_STEP_SUMMARY" in s.get("run", ""))
-    assert "dvc exp diff --md" in summary and "dvc metrics diff --md" in summary
+    assert "dvc exp diff --md" in summary and "dvc metrics diff --md" in summary and "reproduce.txt" in summary

@@ -1,0 +1,193 @@
+"""The reproduction check: after `dvc repro -f`, compare the results with the committed ones and explain.
+
+    python -m lmc.reproduce                 # the default experiment (make check-repro reruns it first)
+    python -m lmc.reproduce --project studies
+    python -m lmc.reproduce --against REF   # another commit than HEAD
+
+Exit 0 when every output recorded in the committed dvc.lock has the same bytes here. Otherwise exit 1 with a
+report: which outputs changed, how far each metric moved, and how the numeric environment that made the
+results here (reports/numerics.json, studies/numerics/) differs from the one recorded with the committed
+results, with what that means (lmc/numerics.py). It never compares the environment records themselves.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from . import paths
+
+GUARANTEE = {
+    "portable": "the portable mode gives the same bytes on every x86-64 CPU",
+    "native": "the native mode gives the same bytes on the same kind of CPU only",
+    "cuda": "CUDA results reproduce on the same GPU model and driver only",
+}
+# Fields of a numeric environment that decide bytes (the rest, such as the pins' echo, follow from these).
+DECIDING = ("numerics", "cpu", "aten_cpu_capability", "torch", "mkl", "onednn", "onednn_enabled", "threads", "cuda")
+
+
+def committed(ref: str, path: Path) -> str | None:
+    proc = subprocess.run(["git", "show", f"{ref}:{path.as_posix()}"], capture_output=True, text=True,
+                          errors="replace")
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def lock_outputs(text: str | None) -> dict[str, tuple[str, str]]:
+    """(stage, md5) of every output a dvc.lock records, by path."""
+    stages = (yaml.safe_load(text) or {}).get("stages", {}) if text else {}
+    return {o["path"]: (name, o.get("md5")) for name, st in stages.items() for o in st.get("outs", [])}
+
+
+def metric_moves(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(key, committed, here) of every metric that differs, nested keys joined with dots."""
+    moves = []
+    for key in sorted(set(old) | set(new), key=lambda k: (k not in old, list(old).index(k) if k in old else 0)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            moves += metric_moves(a, b, f"{prefix}{key}.")
+        elif a != b:
+            moves.append((f"{prefix}{key}", a, b))
+    return moves
+
+
+def env_differences(old: dict, new: dict) -> list[str]:
+    """'field: committed → here' for each deciding field of two numeric environments."""
+    return [f"{k}: {old.get(k)} → {new.get(k)}" for k in DECIDING if old.get(k) != new.get(k)]
+
+
+def explain(old: dict | None, new: dict | None) -> str:
+    """What a difference in bytes means, given the environments that made the committed and the new results."""
+    if not old:
+        return ("the committed results record no numeric environment (made before records existed); rerun them "
+                "once in the portable mode to get results that reproduce on any x86-64 CPU")
+    if not new:
+        return "no numeric environment was recorded here: run the stages (dvc repro -f) before the check"
+    if old.get("numerics") != new.get("numerics"):
+        return f"the results were made in another numerics mode ({old.get('numerics')} → {new.get('numerics')})"
+    if "cuda" in old or "cuda" in new:
+        same_gpu = (old.get("cuda") or {}).get("gpu") == (new.get("cuda") or {}).get("gpu") and \
+            (old.get("cuda") or {}).get("driver") == (new.get("cuda") or {}).get("driver")
+        return GUARANTEE["cuda"] + ("; same GPU and driver here, so this is a bug: report it" if same_gpu
+                                    else ": this is another GPU model or driver, so different bytes are expected")
+    diffs = env_differences(old, new)
+    if old.get("numerics") == "native":
+        return GUARANTEE["native"] + (f" ({'; '.join(diffs)}): different bytes are expected" if diffs else
+                                      "; the environment is the same, so this is a bug: report it")
+    versions = [d for d in diffs if d.split(":")[0] in ("torch", "mkl", "onednn")]
+    if versions:
+        return f"other library versions ({'; '.join(versions)}): pinned kernels of another build may sum differently"
+    return (GUARANTEE["portable"] + "; these results differ all the same, so a kernel choice is left unpinned "
+            f"({'; '.join(diffs) or 'same environment'}): report it with this output")
+
+
+def check(project: Path, ref: str) -> tuple[bool, str]:
+    """(reproduced, report) for one DVC project (the repository root, or studies/)."""
+    lock_path = project / "dvc.lock"
+    old, new = lock_outputs(committed(ref, lock_path)), lock_outputs(lock_path.read_text() if lock_path.exists() else None)
+    if not old:
+        return False, f"{lock_path} at {ref} records no outputs: nothing to compare"
+    changed = [p for p in old if old[p][1] != new.get(p, (None, None))[1]]
+    if not changed:
+        return True, f"reproduced: all {len(old)} outputs of {lock_path} have the committed bytes ({ref})"
+    lines = [f"NOT reproduced: {len(changed)} of {len(old)} outputs of {lock_path} differ from {ref}:"]
+    for path in changed:
+        stage = old[path][0]
+        lines.append(f"- {path} (stage {stage})" + ("" if path in new else ": missing here"))
+        full = project / path
+        before = committed(ref, full) if path.endswith(".json") else None
+        if before and full.exists():
+            try:
+                moves = metric_moves(json.loads(before), json.loads(full.read_text()))
+            except ValueError:
+                moves = []
+            for key, a, b in moves[:40]:
+                delta = f" ({b - a:+.6g})" if isinstance(a, (int, float)) and isinstance(b, (int, float)) else ""
+                lines.append(f"    {key}: {a} → {b}{delta}")
+            if len(moves) > 40:
+                lines.append(f"    … and {len(moves) - 40} more")
+    lines.append("")
+    lines.append("Numeric environment (committed → here):")
+    stages = sorted({old[p][0] for p in changed})
+    for stage in stages:
+        record = _record_path(project, stage)
+        before_env = _load(committed(ref, record)).get(stage) if committed(ref, record) else None
+        here_env = _load(record.read_text() if record.exists() else None).get(stage)
+        if before_env is None and here_env is None and record.exists():
+            lines.append(f"- {stage}: computes from the outputs of the stages above, no kernels of its own")
+            continue
+        diffs = env_differences(before_env or {}, here_env or {}) if before_env and here_env else []
+        lines.append(f"- {stage}: {'; '.join(diffs) or ('no deciding difference' if before_env else 'no record')}")
+        lines.append(f"  meaning: {explain(before_env, here_env)}")
+    return False, "\n".join(lines)
+
+
+RELOCK_KEYS = ("barrier_test", "barrier_train", "barrier_test_cross_init", "barrier_train_cross_init")
+
+
+def relock_report(ref: str, results: list[Path], title: str) -> str:
+    """A markdown table of how each result's barriers moved against `ref` (in percentage points), and every
+    verdict against the 2% line that changed: what a relock reports."""
+    from .report import THRESHOLD
+    rows = ["| result | metric | before (%) | after (%) | moved (pp) | verdict |", "|---|---|---|---|---|---|"]
+    changed, largest, compared = [], 0.0, 0
+    for path in results:
+        before = _load(committed(ref, path))
+        after = _load(path.read_text() if path.exists() else None)
+        old, new = before.get("metrics", before), after.get("metrics", after)
+        for key in RELOCK_KEYS:
+            a, b = old.get(key), new.get(key)
+            if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+                if a is not None or b is not None:
+                    rows.append(f"| {path.as_posix()} | {key} | {a} | {b} | | status |")
+                continue
+            compared += 1
+            largest = max(largest, abs(b - a))
+            flip = (a < THRESHOLD) != (b < THRESHOLD)
+            verdict = ("**connected → not**" if b >= THRESHOLD else "**not → connected**") if flip else ""
+            if flip:
+                changed.append(f"{path.as_posix()} {key}")
+            if a != b:
+                rows.append(f"| {path.as_posix()} | {key} | {100 * a:.2f} | {100 * b:.2f} | {100 * (b - a):+.2f} | {verdict} |")
+    summary = (f"{compared} barriers compared with {ref}; {len(rows) - 2} moved, the largest by "
+               f"{100 * largest:.2f} pp; verdicts against the {100 * THRESHOLD:.0f}% line that changed: "
+               + (", ".join(changed) if changed else "none"))
+    return f"# {title}\n\n{summary}.\n\n" + "\n".join(rows) + "\n"
+
+
+def _record_path(project: Path, stage: str) -> Path:
+    if project.resolve() == Path(".").resolve():
+        return paths.NUMERICS
+    return paths.STUDY_NUMERICS_DIR / f"{stage}.json"
+
+
+def _load(text: str | None) -> dict:
+    try:
+        return json.loads(text) if text else {}
+    except ValueError:
+        return {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lmc.reproduce", description=__doc__.splitlines()[0])
+    parser.add_argument("--project", default=".", help="the DVC project to check: . (default) or studies")
+    parser.add_argument("--against", default="HEAD", help="the commit whose results are the reference")
+    parser.add_argument("--relock-report", metavar="FILE",
+                        help="instead of checking, write how every barrier moved against --against (a relock)")
+    args = parser.parse_args(argv)
+    if args.relock_report:
+        results = [paths.METRICS] + sorted(Path("studies/out").glob("*/*.json"))
+        text = relock_report(args.against, results, f"Relock against {args.against}: how the barriers moved")
+        Path(args.relock_report).write_text(text)
+        print(text.split("\n\n")[1])
+        return 0
+    ok, report = check(Path(args.project), args.against)
+    print(report)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
