@@ -53,3 +53,4 @@ dispatch: setup
 study: setup
 	@test -n "$(STUDY)" || { echo "usage: make study STUDY=<name> (see studies/studies.yaml)"; exit 2; }
 	$(RUN) dvc --cd studies repro report-$(STUDY)
+	$(RUN) python -m lmc.studies_dvc --sort-lock

@@ -18,6 +18,7 @@ from torch import nn
 from . import align, connectivity, data, models, paths, report, seeds
 from .connectivity import interpolate  # noqa: F401  (part of the API)
 from .device import select as select_device
+from .resume import Resume
 from .spec import Spec, load_params
 from .train import Snapshot, train_pairs, twin_state
 
@@ -126,23 +127,26 @@ def experiment_work(spec: Spec, sizes: dict[str, int] | None = None) -> int:
 
 
 def run_experiment(spec: Spec, train_path: str | Path, test_path: str | Path, progress=None,
-                   trunk: Snapshot | None = None) -> dict:
+                   trunk: Snapshot | None = None, resume: Resume | None = None) -> dict:
     """Θ0, the twin pairs and the interpolation on both splits, in one process (what the studies' cells run;
     the default pipeline runs the same steps as separate stages). With spawn_step, `trunk` is the trunk's
     snapshot at that step (trained here if None). Returns status, metrics, curves and the per-epoch history;
     the bytes of its JSON are a pure function of the spec, the data (and the trunk). `progress` (a tqdm, or
-    anything with update(n)) advances by one per training step, then per evaluation batch: `experiment_work`."""
+    anything with update(n)) advances by one per training step, then per evaluation batch: `experiment_work`.
+    With `resume`, training takes up an interrupted run's saved progress and saves its own (lmc/resume.py)."""
     # one copy of the train split in memory, shared by every twin and the evaluation
-    return experiment(spec, data.read_split(train_path), lambda: data.read_split(test_path), progress, trunk)
+    return experiment(spec, data.read_split(train_path), lambda: data.read_split(test_path), progress, trunk,
+                      resume)
 
 
-def experiment(spec: Spec, train: data.Split, test, progress=None, trunk: Snapshot | None = None) -> dict:
+def experiment(spec: Spec, train: data.Split, test, progress=None, trunk: Snapshot | None = None,
+               resume: Resume | None = None) -> dict:
     """`run_experiment` on splits in memory; `test` is the test Split, or a function that reads it (only a run
     that did not diverge is evaluated)."""
     device = select_device(spec)
     inits = [models.init_model(spec, i).state_dict() for i in range(spec.pairs)]  # on the CPU: Θ0 is device-free
     model = models.build(models.arch_from_spec(spec))
-    result = train_pairs(spec, model, inits, train, trunk=trunk, progress=progress, device=device)
+    result = train_pairs(spec, model, inits, train, trunk=trunk, progress=progress, device=device, resume=resume)
     curves = {"alpha": connectivity.alpha_grid(spec.alphas).tolist(), "status": result.status}
     if result.status == "ok":
         twins = [(twin_state(result, i, "a"), twin_state(result, i, "b")) for i in range(spec.pairs)]

@@ -34,9 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from submitit.helpers import Checkpointable
 
-from . import cost, paths, studies
+from . import cost, paths, studies, studies_dvc
 from .io import write_bytes_atomic, write_text_atomic
+from .resume import DIR_ENV as RESUME_DIR_ENV
 from .spec import SpecError
 from .stage import entry
 
@@ -139,6 +141,18 @@ def stale(stages: list[str]) -> list[str]:
     return [s for s in stages if s in changed]
 
 
+def pending(stages: list[str], defs: dict) -> set[str]:
+    """The stages among `stages` that a dispatch would run: those stale themselves, and every one below a stage
+    that will rerun (a cell below a rerun trunk reruns too, as in a sequential repro)."""
+    todo = set(stale(stages))
+    grown = True
+    while grown:
+        below = {s for s in stages if s not in todo and any(u in todo for u in upstream(s, defs))}
+        todo |= below
+        grown = bool(below)
+    return todo
+
+
 def check_committed() -> str:
     """The home commit the workers will run; refuses when the inputs differ from it (they would compute
     something else than home records)."""
@@ -178,8 +192,11 @@ def run_task(task: Task) -> dict:
         if task.pull:
             add_lock_entries(proj / "dvc.lock", task.pull)
             dvc("pull", "-r", "dispatch", *task.pull, cwd=proj)
+        # Training's progress goes beside the clones, not into one: a task killed, cancelled, preempted or out
+        # of time and sent again (a requeue, the next dispatch) takes it up (lmc/resume.py).
         run = subprocess.run([str(BIN / "dvc"), "repro", "--single-item", task.stage], cwd=proj,
-                             stderr=subprocess.PIPE, text=True, env=ENV)
+                             stderr=subprocess.PIPE, text=True,
+                             env={**ENV, RESUME_DIR_ENV: str(Path(task.scratch).resolve() / "resume")})
         if run.returncode:
             sys.stderr.write(run.stderr)
             last = next((l for l in reversed(run.stderr.splitlines()) if l.strip()), "no output")
@@ -363,17 +380,28 @@ def wait_group_gone(pgid: int, timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
+class Requeueable(Checkpointable):
+    """run_task as a SLURM task that submitit requeues when it runs out of time or is preempted: its default
+    `checkpoint` resubmits the same call; the cell then takes up its saved progress (lmc/resume.py)."""
+
+    def __call__(self, task: Task) -> dict:
+        return run_task(task)
+
+
 class SlurmExecutor:
     """Array jobs through submitit, one array task per stage, at most `jobs` tasks out at once (queued here
     beyond that). Without accounting (slurmdbd) submitit cannot tell how a task ended, so a task that left
     `squeue` without a result file failed (killed, cancelled, out of time)."""
 
     def __init__(self, jobs: int, state: Path, partition: str | None, gpus_per_task: int, cpus_per_task: int,
-                 time_limit: str):
+                 time_limit: str, requeues: int = 20):
         import submitit
 
         self.limit = jobs
-        self.executor = submitit.AutoExecutor(folder=str(state / "slurm" / "%j"), cluster="slurm")
+        # A task out of time or preempted is requeued (submitit signals it before the limit; Requeueable tells
+        # it to resubmit) up to `requeues` times, and its cell takes up its saved progress.
+        self.executor = submitit.AutoExecutor(folder=str(state / "slurm" / "%j"), cluster="slurm",
+                                              slurm_max_num_timeout=requeues)
         params = dict(timeout_min=_minutes(time_limit), cpus_per_task=cpus_per_task, name="lmc-dispatch")
         if partition:
             params["slurm_partition"] = partition
@@ -393,7 +421,7 @@ class SlurmExecutor:
         if not batch:
             return
         try:
-            jobs = self.executor.map_array(run_task, batch)
+            jobs = self.executor.map_array(Requeueable(), batch)
         except Exception as err:  # noqa: BLE001 (sbatch refused: partition, QOS, time limit...)
             self.queue = batch + self.queue
             last = (str(err).strip().splitlines() or [type(err).__name__])[-1]
@@ -515,13 +543,13 @@ def status(names: list[str]) -> str:
     raw = studies.load()
     per_study = study_stages(raw, names)
     records = load_records()
-    pending = set(stale([s for stages in per_study.values() for s in stages]))
+    todo = pending([s for stages in per_study.values() for s in stages], stage_defs())
     lines = []
     for study, stages in per_study.items():
         groups = {"done": [], "running": [], "failed": [], "pending": []}
         for s in stages:
             rec = records.get(s)
-            if s not in pending:
+            if s not in todo:
                 groups["done"].append(s)
             elif rec and rec["state"] == "running" and alive(rec):
                 groups["running"].append(s)
@@ -541,7 +569,7 @@ def dry_run(names: list[str]) -> str:
     """The stages a dispatch would send, per study, with the estimated device-hours of its cells."""
     raw = studies.load()
     per_study = study_stages(raw, names)
-    todo = set(stale([s for stages in per_study.values() for s in stages]))
+    todo = pending([s for stages in per_study.values() for s in stages], stage_defs())
     lines, devices = [], set()
     for study, stages in per_study.items():
         mine = [s for s in stages if s in todo]
@@ -567,8 +595,17 @@ def planned(targets: list[str]) -> list[str]:
     with Repo(str(dvc_file.parent)) as repo:
         wanted = collect_stages(repo, [f"{dvc_file}:{t}" for t in targets])
         steps = [s.name for s in plan_repro(get_active_graph(repo.index.graph), wanted)]
+    defs = stage_defs()
+    # DVC's planner walks a small subgraph in a set's (hash-seeded) order; dvc.yaml's order is a dependency
+    # order (the generator writes data, trunks, cells, then reports), and the same from one run to the next.
+    position = {name: i for i, name in enumerate(defs)}
+    steps.sort(key=position.__getitem__)
+    late = [s for s in steps for u in upstream(s, defs) if u in steps and position[u] > position[s]]
+    if late:
+        raise DispatchError(f"dispatch: {studies.DVC_FILE} lists {late[0]} before a stage it reads; regenerate it "
+                            f"with `python -m lmc.studies_dvc`")
     behind = set(stale([s for s in steps if sent_out(s)]))
-    defs, plan = stage_defs(), []
+    plan = []
     for s in steps:  # a cell below a trunk that reruns reruns too, as in a sequential repro
         if not sent_out(s) or s in behind or any(u in plan and sent_out(u) for u in upstream(s, defs)):
             plan.append(s)
@@ -629,10 +666,14 @@ def dispatch(names: list[str], executor, remote: str | None, git_url: str | None
                 if _blocked(stage, defs, plan, failed) or stage in failed:
                     pass
                 elif not sent_out(stage):
-                    dvc("repro", "--single-item", stage)
-                    if stage.startswith("prepare-") and not shared:
-                        dvc("push", "-r", "dispatch", stage)
-                    done.add(stage)
+                    try:  # a home stage that fails (a report, a dataset) stops only what reads it
+                        dvc("repro", "--single-item", stage)
+                        if stage.startswith("prepare-") and not shared:
+                            dvc("push", "-r", "dispatch", stage)
+                        done.add(stage)
+                    except DispatchError as err:
+                        print(err, file=sys.stderr)
+                        failed.append(stage)
                 elif stage in results:
                     try:
                         take_home(results[stage])
@@ -646,6 +687,7 @@ def dispatch(names: list[str], executor, remote: str | None, git_url: str | None
                         progress.update(1)
                 else:
                     break
+                studies_dvc.sort_lock()  # the lock in dvc.yaml's order, whatever DVC appended
                 at += 1
             if at < len(plan):
                 time.sleep(0.5)
@@ -680,6 +722,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gpus-per-task", type=int, default=0)
     parser.add_argument("--cpus-per-task", type=int, default=2)
     parser.add_argument("--time", default="4:00:00", help="SLURM time limit per task, [D-]HH:MM[:SS]")
+    parser.add_argument("--requeues", type=int, default=20, help="SLURM: times a task out of time or preempted "
+                        "is requeued; it continues from its last saved epoch (LMC_RESUME_EVERY_S, default 300 s)")
     parser.add_argument("--remote", help="DVC remote URL the workers trade data through (default: the home "
                         "studies cache, which needs a shared filesystem)")
     parser.add_argument("--git-url", help="where workers clone the home commit from (default: this repository)")
@@ -700,7 +744,7 @@ def main(argv: list[str] | None = None) -> None:
         if shutil.which("sbatch") is None:
             raise DispatchError("dispatch: --executor slurm needs SLURM's sbatch on PATH; run on a login node")
         executor = SlurmExecutor(args.jobs, STATE_DIR, args.partition, args.gpus_per_task, args.cpus_per_task,
-                                 args.time)
+                                 args.time, args.requeues)
     else:
         executor = LocalExecutor(args.jobs, STATE_DIR)
     from tqdm import tqdm
@@ -708,6 +752,10 @@ def main(argv: list[str] | None = None) -> None:
     # `kill` (SIGTERM) cancels like Ctrl-C; a background launch (`nohup ... &`) ignores SIGINT, so it is restored.
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
+    # A closed terminal or ssh session (SIGHUP) cancels too, so that no worker or SLURM job runs on unowned;
+    # under `nohup` (SIGHUP ignored) the dispatch outlives its terminal, as asked.
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, _interrupt)
     with tqdm(total=0, desc="cells", unit="cell", disable=None) as bar:
         try:
             failed = dispatch(args.studies, executor, args.remote, args.git_url, args.scratch, bar)

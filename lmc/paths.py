@@ -19,6 +19,9 @@ LAYERWISE_SUMMARY = Path("reports/layerwise.md")
 # differs between machines that compute the same bytes; a reproduction check reads it when bytes differ.
 NUMERICS = Path("reports/numerics.json")
 STUDY_NUMERICS_DIR = Path("studies/numerics")  # one file per study stage: <stage>.json
+# Training's progress while a stage runs (lmc/resume.py): git-ignored, never a DVC output, removed when done.
+RESUME_DIR = Path("data/.resume")
+STUDY_RESUME_DIR = Path("studies/.resume")
 
 
 def repro(stage: str, force: bool = False) -> str:

@@ -1,4 +1,5 @@
-"""studies/dvc.yaml, generated from studies/studies.yaml: `python -m lmc.studies_dvc`.
+"""studies/dvc.yaml, generated from studies/studies.yaml: `python -m lmc.studies_dvc`; and studies/dvc.lock put in
+that file's order: `python -m lmc.studies_dvc --sort-lock`.
 
 studies/ is a DVC project of its own (`dvc init --subdir`), so that the default experiment's `dvc exp show`
 and `dvc exp run` never see its hundreds of stages. Paths are written relative to studies/ (a stage whose
@@ -12,6 +13,7 @@ changing how the file is written reruns nothing.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import yaml
@@ -57,7 +59,7 @@ def generate(raw: dict) -> str:
             "cmd": _cmd(f"stages.prepare --study-dataset {ds}"),
             "deps": [p["source"]] + code("lmc/data.py", "lmc/datasets.py", "lmc/studies.py", "stages/prepare.py"),
             "outs": [p["train"], p["test"]]}
-    train_code = ["lmc/data.py", "lmc/augment.py", "lmc/models.py", "lmc/train.py", "lmc/device.py"]
+    train_code = ["lmc/data.py", "lmc/augment.py", "lmc/models.py", "lmc/resume.py", "lmc/train.py", "lmc/device.py"]
     for study in study_names(raw):
         outs = []
         trunk = []
@@ -95,8 +97,31 @@ def generate(raw: dict) -> str:
                                    width=120)
 
 
+def sort_lock(lock_file: Path = DVC_FILE.with_suffix(".lock")) -> None:
+    """Order studies/dvc.lock's entries as studies/dvc.yaml orders its stages (a dependency order), in DVC's own
+    format, atomically. DVC appends a stage it records for the first time, and its planner walks a small part
+    of the pipeline in the order of a Python set (networkx iterates a subgraph's node set when it is under half
+    the graph): two sequential runs of the same new cells can write their entries in different orders. The
+    dispatcher and `make study` keep this one order instead, whatever ran first."""
+    from dvc.utils.serialize import dump_yaml, load_yaml
+    if not lock_file.exists():
+        return
+    lock = load_yaml(lock_file)
+    order = {name: i for i, name in enumerate(yaml.safe_load(DVC_FILE.read_text())["stages"])}
+    entries = lock["stages"]
+    ordered = sorted(entries, key=lambda name: (order.get(name, len(order)), list(entries).index(name)))
+    if ordered == list(entries):
+        return
+    lock["stages"] = {name: entries[name] for name in ordered}
+    tmp = lock_file.with_name(lock_file.name + ".partial")
+    dump_yaml(tmp, lock)
+    os.replace(tmp, lock_file)
+
+
 @entry
 def main() -> None:
+    if sys.argv[1:] == ["--sort-lock"]:
+        return sort_lock()
     raw = load()
     for study in study_names(raw):  # every cell must resolve at every scale before anything is written
         for scale in scale_names(raw):

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import itertools
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -23,6 +25,7 @@ from . import data, numerics
 from .augment import augment
 from .models import CheckpointError, read_payload, stack_states, stacked_forward, unstack_state, write_payload
 from .paths import repro
+from .resume import Resume
 from .spec import Spec
 
 
@@ -192,7 +195,8 @@ def train_twins(spec: Spec, model: nn.Module, loaders: list, aug_seeds: list[int
                 on_epoch: Callable[[EpochStats], None] | None = None,
                 threads: int | None = None, device: torch.device | None = None,
                 inits: list[dict] | None = None, start: Snapshot | None = None,
-                stop_step: int | None = None, graphs: bool | None = None) -> TrainResult:
+                stop_step: int | None = None, graphs: bool | None = None,
+                resume: Resume | None = None) -> TrainResult:
     """Train len(loaders) models of `model`'s architecture in lockstep, on `device` (default CPU).
 
     Model k starts from inits[k] (default: `model`'s weights), or from `start` (a snapshot, resumed at its
@@ -204,8 +208,18 @@ def train_twins(spec: Spec, model: nn.Module, loaders: list, aug_seeds: list[int
     epoch: a non-finite loss is flagged on the device and read at the epoch's end, with the same status, the
     same diverged epoch and the same recorded losses; the step is a CUDA graph (`graphs`, default on; off
     runs the same step eagerly, with the same bytes).
+
+    With `resume` (lmc/resume.py), progress saved by an earlier, interrupted run of the same stage is taken up
+    at its step (its epochs' history replayed through `on_epoch`), and progress is saved at the end of epochs.
     """
     device = device or torch.device("cpu")
+    saved = resume.load() if resume is not None else None
+    if saved is not None:
+        if progress is not None:
+            progress.update(saved["step"] - (start.step if start is not None else 0))
+        start = Snapshot(saved["step"], saved["state"], saved["optimizer"])
+        print(f"resume: {resume.path}: continuing at step {start.step} (epoch {len(saved['history']) + 1})",
+              file=sys.stderr)
     if spec.augment and (aug_seeds is None or len(aug_seeds) != len(loaders)):
         raise ValueError("augment is on: pass one augmentation seed per loader")
     threads = threads or numerics.threads()
@@ -231,6 +245,10 @@ def train_twins(spec: Spec, model: nn.Module, loaders: list, aug_seeds: list[int
     if step and not all(hasattr(loader, "epoch") for loader in loaders):
         raise ValueError("resuming mid-run needs loaders whose epoch can be set (data.MemoryTwinLoader)")
     result = TrainResult(state=state, status="ok")
+    for record in saved["history"] if saved is not None else []:  # the epochs before the interruption
+        result.history.append(EpochStats(**record))
+        if on_epoch is not None:
+            on_epoch(result.history[-1])
     tally = EpochTally(k, device)
 
     def run_step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
@@ -305,12 +323,20 @@ def train_twins(spec: Spec, model: nn.Module, loaders: list, aug_seeds: list[int
         result.history.append(stats)
         if on_epoch is not None:
             on_epoch(stats)
-    # Copies: the optimizer's state_dict holds its live buffers, which a resumed run would update in place.
+        if resume is not None and epoch + 1 < spec.epochs and step < total and resume.due():
+            snap = _snapshot(step, state, opt)
+            resume.save(step, _on_cpu(snap.state), _on_cpu(snap.optimizer),
+                        [dataclasses.asdict(h) for h in result.history])
+    result.snapshot = _snapshot(step, state, opt)
+    return result
+
+
+def _snapshot(step: int, state: dict, opt: torch.optim.Optimizer) -> Snapshot:
+    """Copies (the optimizer's state_dict holds its live buffers, which a resumed run would update in place)."""
     optimizer_state = copy.deepcopy(opt.state_dict())
     for group in optimizer_state["param_groups"]:
         group["lr"] = float(group["lr"])  # a snapshot is device-free and reads the same on every device
-    result.snapshot = Snapshot(step, {n: t.detach().clone() for n, t in state.items()}, optimizer_state)
-    return result
+    return Snapshot(step, {n: t.detach().clone() for n, t in state.items()}, optimizer_state)
 
 
 def _batch_on(batches, spec: Spec, aug_seeds, epoch: int, device: torch.device):

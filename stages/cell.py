@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from lmc import api, numerics, paths, studies, studies_dvc, train
 from lmc.io import write_text_atomic
+from lmc.resume import Resume, study_dir
 from lmc.spec import SpecError
 from lmc.stage import entry
 
@@ -40,14 +41,18 @@ def main() -> None:
     if studies.has_shared_trunk(raw, study) and spec.spawn_step:
         trunk = train.load_snapshot(studies.trunk_path(study, spec.spawn_step), studies.trunk_key(spec),
                                     stage=f"studies:trunk-{study}")
+    resume = Resume(study_dir(paths.STUDY_RESUME_DIR) / f"{study}-{cell_id}.pt",
+                    {"stage": f"{study}-{cell_id}", "spec": spec.record()})
     start = time.perf_counter()
     with tqdm(total=api.experiment_work(spec), desc=f"cell {study}/{cell_id}", disable=None) as bar:
-        result = api.run_experiment(spec, data_files["train"], data_files["test"], progress=bar, trunk=trunk)
+        result = api.run_experiment(spec, data_files["train"], data_files["test"], progress=bar, trunk=trunk,
+                                    resume=resume)
     print(f"cell {study}/{cell_id}: {result['status']} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     out = {"study": study, "cell": cell_id, "labels": cell.labels, "scale": raw["scale"],
            "spec": spec.record(), **result}
     write_text_atomic(studies.cell_output(study, cell_id), json.dumps(_finite(out), indent=1) + "\n")
     numerics.record(paths.STUDY_NUMERICS_DIR / f"{study}-{cell_id}.json", f"{study}-{cell_id}", spec.device)
+    resume.clear()  # the result is written: the progress that led to it is no longer needed
 
 
 if __name__ == "__main__":

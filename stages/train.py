@@ -8,6 +8,7 @@ from tqdm import tqdm
 
 from lmc import data, device, models, numerics, paths
 from lmc.io import write_text_atomic
+from lmc.resume import Resume
 from lmc.spec import load_params
 from lmc.stage import entry
 from lmc.train import train_pairs, twin_state
@@ -21,6 +22,7 @@ def main() -> None:
     train = data.read_split(paths.BETONS["train"])  # one copy in memory for every twin
     names = [f"{side}{pair}" if spec.pairs > 1 else side for pair in range(spec.pairs) for side in "ab"]
     steps = spec.epochs * spec.steps_per_epoch - spec.spawn_step
+    resume = Resume(paths.RESUME_DIR / "train.pt", {"stage": "train", "spec": spec.record()})  # lmc/resume.py
     rows = ["epoch,pair,twin,loss,accuracy"]  # long form: `dvc plots show` overlays every twin, whatever `pairs` is
     with Live(str(paths.TRAIN_LIVE), dvcyaml=False, save_dvc_exp=False, report=None) as live, \
             tqdm(total=steps, desc="train twins", unit="step", disable=None) as bar:
@@ -35,7 +37,7 @@ def main() -> None:
             live.next_step()
             bar.set_postfix_str(f"epoch {stats.epoch + 1} loss {stats.loss[0]:.3f}|{stats.loss[1]:.3f}")
         result = train_pairs(spec, inits[0].model, [c.model.state_dict() for c in inits], train, progress=bar,
-                             on_epoch=log, device=dev)
+                             on_epoch=log, device=dev, resume=resume)
     write_text_atomic(paths.TRAIN_CSV, "\n".join(rows) + "\n")
     if result.status != "ok":
         print(f"train: a twin diverged in epoch {result.diverged_epoch + 1}; "
@@ -46,8 +48,9 @@ def main() -> None:
             models.save_checkpoint(paths.twin(pair, side), inits[0].arch, twin_state(result, pair, side),
                                    twin=side, pair=pair, status=result.status, diverged_epoch=result.diverged_epoch,
                                    order_seed=seeds[f"order_{side}"], spawn_step=spec.spawn_step)
-
     numerics.record(paths.NUMERICS, "train", spec.device)
+    resume.clear()  # the twins are written: the progress that led to them is no longer needed
+
 
 if __name__ == "__main__":
     main()

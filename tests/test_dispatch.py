@@ -126,7 +126,9 @@ def test_a_killed_worker_leaves_its_cell_failed_and_the_next_dispatch_sends_only
     assert of_tiny(results(repo)) == of_tiny(sequential)
 
 
-def test_kill_cancels_the_workers_and_keeps_nothing_partial(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_kill_cancels_the_workers_and_keeps_nothing_partial(tmp_path, sig):
+    """`kill`, or the terminal or ssh session closing (SIGHUP), cancels as Ctrl-C does."""
     repo = study_repo(tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "lmc.dispatch", "tiny", "--jobs", "2"], cwd=repo,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -143,7 +145,7 @@ def test_kill_cancels_the_workers_and_keeps_nothing_partial(tmp_path):
     while not (scratch.exists() and any(scratch.iterdir())) and time.time() < deadline:
         time.sleep(0.2)  # until a worker has its clone
     assert any(scratch.iterdir()), "no worker made its clone"
-    proc.send_signal(signal.SIGTERM)  # `kill` cancels as Ctrl-C does (SIGINT is ignored under `nohup ... &`)
+    proc.send_signal(sig)  # (SIGINT is ignored under `nohup ... &`)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "interrupted; running tasks cancelled" in err
     for pid in pids:  # each worker's whole process group (its dvc, the stage) is gone
@@ -206,3 +208,73 @@ def test_slurm_time_limits_are_read_as_sbatch_reads_them(limit, minutes):
 def test_a_time_limit_sbatch_would_refuse_or_that_is_unbounded_is_one_line(limit):
     with pytest.raises(dispatch.DispatchError, match="not a finite SLURM time limit"):
         dispatch._minutes(limit)
+
+
+def test_cells_below_a_trunk_that_reruns_count_as_pending(monkeypatch):
+    """--status and --dry-run count what a dispatch runs: a trunk that is stale takes its cells with it, though
+    `dvc status` names only the trunk (their own inputs have not changed yet)."""
+    defs = {"trunk-s": {"outs": ["trunk/s"]}, "s-k0": {"deps": ["data/x.beton"], "outs": [{"out/s/k0.json": {"cache": False}}]},
+            "s-k3": {"deps": ["trunk/s", "data/x.beton"], "outs": [{"out/s/k3.json": {"cache": False}}]},
+            "s-k9": {"deps": ["out/s/k3.json"], "outs": ["out/s/k9.json"]}}
+    monkeypatch.setattr(dispatch, "stale", lambda stages: [s for s in stages if s == "trunk-s"])
+    assert dispatch.pending(list(defs), defs) == {"trunk-s", "s-k3", "s-k9"}
+
+
+def test_new_cells_are_planned_and_recorded_in_dvc_yaml_order_whatever_the_hash_seed(tmp_path):
+    """The real studies with table2's cells forgotten (no lock entries, no outputs: a first run). DVC's planner
+    orders them by a set's hash order; the dispatcher plans in studies/dvc.yaml's order under any seed, and
+    the lock it leaves is in that order too."""
+    repo = copy_repo(tmp_path, {"download": False})
+    sh(repo, "git", "rm", "-rq", "studies/out/table2")
+    lock = yaml.safe_load((repo / "studies/dvc.lock").read_text())
+    lock["stages"] = {k: v for k, v in lock["stages"].items() if not k.startswith("table2-")}
+    (repo / "studies/dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
+    commit(repo, "forget table2")
+    in_yaml = [s for s in yaml.safe_load((repo / "studies/dvc.yaml").read_text())["stages"] if s.startswith("table2-")]
+    probe = "from lmc import dispatch; print(' '.join(dispatch.planned(['report-table2'])))"
+    for seed in ("1", "2", "3"):
+        out = subprocess.run([sys.executable, "-c", probe], cwd=repo, capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONHASHSEED": seed,
+                                  "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}).stdout
+        assert [s for s in out.split() if s.startswith("table2-")] == in_yaml, seed
+
+
+def test_the_lock_is_put_in_dvc_yaml_order_in_dvcs_own_format(tmp_path, monkeypatch):
+    from lmc import studies_dvc
+    repo = copy_repo(tmp_path)
+    monkeypatch.chdir(repo)
+    lock_file = repo / "studies/dvc.lock"
+    canonical = lock_file.read_bytes()
+    studies_dvc.sort_lock()
+    assert lock_file.read_bytes() == canonical  # the committed lock is already in that order
+    lock = yaml.safe_load(canonical)
+    names = list(lock["stages"])
+    lock["stages"] = {k: lock["stages"][k] for k in names[len(names) // 2:] + names[:len(names) // 2]}
+    lock_file.write_text(yaml.safe_dump(lock, sort_keys=False))  # appended out of order, and not DVC's layout
+    studies_dvc.sort_lock()
+    assert lock_file.read_bytes() == canonical
+
+
+def test_a_failing_home_stage_stops_only_what_reads_it(tmp_path, sequential):
+    """tiny's report cannot be written (a folder stands where its figure goes); tinyspawn, another study, is
+    still dispatched to the end, its trunk, cells and report recorded as in a sequential run."""
+    repo = study_repo(tmp_path)
+    (repo / "reports/tiny.png").mkdir(parents=True)
+    proc = dispatch_cmd(repo, "tiny", "tinyspawn", "--jobs", "2", check=False)
+    assert proc.returncode == 2 and "report-tiny" in proc.stderr.splitlines()[-1], proc.stderr
+    lock = yaml.safe_load((repo / "studies/dvc.lock").read_text())["stages"]
+    assert "report-tiny" not in lock and {"trunk-tinyspawn", "tinyspawn-k0", "tinyspawn-k3", "report-tinyspawn"} <= set(lock)
+    for name, payload in sequential.items():
+        if "tinyspawn" in name:
+            assert (repo / name).read_bytes() == payload, name
+
+
+def test_a_slurm_task_out_of_time_is_requeued_with_the_same_task(tmp_path, slurm_cluster):  # noqa: F811
+    """submitit calls `checkpoint` when SLURM signals the time limit or a preemption: the same task is sent again
+    (its cell then takes up its saved progress, lmc/resume.py), up to --requeues times."""
+    task = dispatch.Task("tiny-hi-sgd", "0" * 40, "git", "remote", {}, str(tmp_path))
+    again = dispatch.Requeueable().checkpoint(task)
+    assert isinstance(again.function, dispatch.Requeueable) and again.args == (task,)
+    executor = dispatch.SlurmExecutor(1, tmp_path, None, 0, 1, "1-12", requeues=7)
+    assert executor.executor._executor.max_num_timeout == 7
+    assert executor.executor.parameters["time"] == 2160  # 1 day and 12 hours

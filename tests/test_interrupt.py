@@ -1,4 +1,5 @@
-"""Interruptions: training killed (SIGKILL) or stopped (SIGINT) mid-run; the rerun gives the same bytes."""
+"""Interruptions: training killed (SIGKILL) or stopped (SIGINT) mid-run; the rerun takes up its saved progress
+(lmc/resume.py) and gives the bytes of an uninterrupted run."""
 import os
 import shutil
 import signal
@@ -33,7 +34,7 @@ def epochs_logged(repo) -> int:
 def test_interrupted_training_leaves_nothing_half_written_and_reruns_to_the_same_bytes(tmp_path, reference, sig):
     repo = copy_repo(tmp_path, PARAMS)
     shutil.rmtree(repo / "reports/train")  # the copy's old curves must not look like this run's progress
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "LMC_RESUME_EVERY_S": "0"}  # save every epoch
     proc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
@@ -50,7 +51,11 @@ def test_interrupted_training_leaves_nothing_half_written_and_reruns_to_the_same
     assert not (repo / "data/twins").exists() and not list(repo.rglob("*.partial"))
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     assert lock["train"]["params"]["params.yaml"]["epochs"] != PARAMS["epochs"]
+    assert (repo / "data/.resume/train.pt").exists()  # the progress of the epochs that finished
+    assert "data/.resume" not in sh(repo, "git", "status", "--porcelain").stdout  # never a result, never tracked
 
-    sh(repo, "dvc", "repro")
+    rerun = sh(repo, "dvc", "repro")
+    assert "resume: data/.resume/train.pt: continuing at step" in rerun.stderr
+    assert not (repo / "data/.resume/train.pt").exists()
     for name in COMPARED:
         assert (repo / name).read_bytes() == (reference / name).read_bytes(), name

@@ -121,12 +121,15 @@ def test_warmup_is_linear_per_step():
     assert lr_at(Spec(lr=0.1), 0, 10) == 0.1
 
 
-def test_cpu_kernels_are_pinned_before_torch_loads():
-    """Importing lmc first pins torch's CPU dispatch and MKL's numerics to AVX2, whatever the machine offers."""
+def test_native_numerics_keep_the_earlier_avx2_pins():
+    """In the native mode, importing lmc first pins torch's CPU dispatch and MKL's branch to AVX2, as the results
+    made before the numerics modes (the portable mode: tests/test_numerics.py)."""
+    from lmc import numerics
     code = ("import lmc, os, torch; "
             "print(torch.backends.cpu.get_cpu_capability(), os.environ['MKL_CBWR'])")
+    env = {k: v for k, v in numerics.unpinned_environ().items() if k not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR")}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR")})
+                          env={**env, numerics.ENV: "native"})
     assert proc.stdout.split() == ["AVX2", "AVX2"], proc.stderr
 
 
