@@ -256,10 +256,14 @@ def test_the_lock_is_put_in_dvc_yaml_order_in_dvcs_own_format(tmp_path, monkeypa
 
 
 def test_a_failing_home_stage_stops_only_what_reads_it(tmp_path, sequential):
-    """tiny's report cannot be written (a folder stands where its figure goes); tinyspawn, another study, is
-    still dispatched to the end, its trunk, cells and report recorded as in a sequential run."""
+    """tiny's report fails (its figure names an axis that does not exist: found only when the report plots);
+    tinyspawn, another study, is still dispatched to the end, its trunk, cells and report recorded as in a
+    sequential run."""
     repo = study_repo(tmp_path)
-    (repo / "reports/tiny.png").mkdir(parents=True)
+    config = yaml.safe_load((repo / "studies/studies.yaml").read_text())
+    config["studies"]["tiny"]["figure"]["x"] = "no_such_axis"
+    (repo / "studies/studies.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    commit(repo, "a typo in tiny's figure")
     proc = dispatch_cmd(repo, "tiny", "tinyspawn", "--jobs", "2", check=False)
     assert proc.returncode == 2 and "report-tiny" in proc.stderr.splitlines()[-1], proc.stderr
     lock = yaml.safe_load((repo / "studies/dvc.lock").read_text())["stages"]
