@@ -45,7 +45,7 @@ def lock_outputs(text: str | None) -> dict[str, tuple[str, str]]:
 def metric_moves(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, object]]:
     """(key, committed, here) of every metric that differs, nested keys joined with dots."""
     moves = []
-    for key in sorted(set(old) | set(new), key=lambda k: (k not in old, list(old).index(k) if k in old else 0)):
+    for key in list(old) + [k for k in new if k not in old]:  # the committed order, then keys added here
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             moves += metric_moves(a, b, f"{prefix}{key}.")
@@ -114,7 +114,7 @@ def check(project: Path, ref: str) -> tuple[bool, str]:
     stages = sorted({old[p][0] for p in changed})
     for stage in stages:
         record = _record_path(project, stage)
-        before_env = _load(committed(ref, record)).get(stage) if committed(ref, record) else None
+        before_env = _load(committed(ref, record)).get(stage)
         here_env = _load(record.read_text() if record.exists() else None).get(stage)
         if before_env is None and here_env is None and record.exists():
             lines.append(f"- {stage}: computes from the outputs of the stages above, no kernels of its own")
