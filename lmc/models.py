@@ -260,6 +260,12 @@ def stacked_forward(model: nn.Module, stacked: dict[str, torch.Tensor], x: torch
     return vmap(one, in_dims=(0, None if shared_input else 0))(stacked, x)
 
 
+def looped_forward(model: nn.Module, states: list[dict[str, torch.Tensor]], x: torch.Tensor) -> torch.Tensor:
+    """Outputs of every model, one after the other, model k on its own x[k]: (K, B, ...). On the CPU plain
+    per-model matmuls beat vmap's batched ones (benchmarks/stacking.txt); training's CPU step uses this."""
+    return torch.stack([functional_call(model, state, (x[k],)) for k, state in enumerate(states)])
+
+
 def stacked_rest(model: nn.Module, stacked: dict[str, torch.Tensor], first: torch.Tensor) -> torch.Tensor:
     """Every model of the stack from its own first-layer output on: first is (K, B, ...)."""
     def one(state, h):

@@ -23,7 +23,8 @@ from torch import nn
 
 from . import data, numerics
 from .augment import augment
-from .models import CheckpointError, read_payload, stack_states, stacked_forward, unstack_state, write_payload
+from .models import (CheckpointError, looped_forward, read_payload, stack_states, stacked_forward, unstack_state,
+                     write_payload)
 from .paths import repro
 from .resume import Resume
 from .spec import Spec
@@ -62,10 +63,12 @@ class TrainResult:
     snapshot: Snapshot | None = None  # where training stopped (None if it diverged)
 
 
-def make_optimizer(spec: Spec, params: list[torch.Tensor], lr: torch.Tensor | None = None) -> torch.optim.Optimizer:
-    """SGD or Adam over the stacked parameters. Given a device tensor `lr` (CUDA), the fused kernels: they
-    read the learning rate on the device and can be captured in a CUDA graph."""
-    fused = {"fused": True} if lr is not None else {}
+def make_optimizer(spec: Spec, params: list[torch.Tensor], lr: torch.Tensor | None = None,
+                   fused: bool = False) -> torch.optim.Optimizer:
+    """SGD or Adam over the parameters. Given a device tensor `lr` (CUDA), the fused kernels: they read the
+    learning rate on the device and can be captured in a CUDA graph. `fused` alone: the fused kernels with a
+    plain learning rate (the CPU's per-model step: one pass over each tensor instead of several)."""
+    fused = {"fused": True} if lr is not None or fused else {}
     if spec.optimizer == "sgd":
         return torch.optim.SGD(params, lr=spec.lr if lr is None else lr, momentum=spec.momentum,
                                weight_decay=spec.weight_decay, **fused)
@@ -85,12 +88,70 @@ def lr_at(spec: Spec, step: int, steps_per_epoch: int) -> float:
     return spec.lr
 
 
-def clip_per_model(params: list[torch.Tensor], max_norm: float) -> None:
-    """Scale each model's gradient (a slice on the leading axis) to global L2 norm <= max_norm."""
-    norms = torch.stack([p.grad.flatten(1).pow(2).sum(1) for p in params]).sum(0).sqrt()
+def clip_per_model(grads: list[list[torch.Tensor]], max_norm: float) -> None:
+    """Scale each model's gradients (grads[k]: model k's, any layout) in place to global L2 norm <= max_norm."""
+    norms = torch.stack([torch.stack([g.pow(2).sum() for g in model]).sum() for model in grads]).sqrt()
     scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
-    for p in params:
-        p.grad.mul_(scale.view(-1, *([1] * (p.dim() - 1))))
+    for model, factor in zip(grads, scale):
+        for g in model:
+            g.mul_(factor)
+
+
+class StackParams:
+    """The K models' parameters as the optimizer trains them.
+
+    `state` holds them stacked (leading axis = model) and is current after every step. On CUDA the optimizer
+    trains those stacked tensors, run as one model through vmap. On the CPU it trains one leaf per model and
+    tensor, each a view into its stacked tensor, run model by model (spec.cpu_step per_model; `stacked` keeps
+    the earlier vmap'd step): plain per-model matmuls are faster there than vmap's batched ones
+    (reports/benchmarks.md), and there are no per-step copies. The optimizer's
+    state_dict goes out (snapshots, resume files) and comes back in the stacked layout either way, so a
+    snapshot reads the same on every device.
+    """
+
+    def __init__(self, initial: dict[str, torch.Tensor], device: torch.device, per_model: bool):
+        self.state = {n: t.detach().to(device).clone() for n, t in initial.items()}
+        self.k = next(iter(self.state.values())).shape[0]
+        if not per_model:
+            self.models = None
+            self.params = [t.requires_grad_() for t in self.state.values()]
+        else:
+            self.models = [{n: t[m].detach().requires_grad_() for n, t in self.state.items()} for m in range(self.k)]
+            self.params = [model[n] for n in self.state for model in self.models]  # tensor-major: j·K + m
+
+    def logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.models is None:
+            return stacked_forward(model, self.state, x)
+        return looped_forward(model, self.models, x)
+
+    def grads(self) -> list[list[torch.Tensor]]:
+        """Per model, its gradients (views into the stacked gradients on CUDA)."""
+        if self.models is None:
+            return [[p.grad[m] for p in self.params] for m in range(self.k)]
+        return [[p.grad for p in model.values()] for model in self.models]
+
+    def stacked_optimizer(self, optimizer_state: dict) -> dict:
+        """An optimizer state_dict of these params in the stacked layout (its own copy)."""
+        optimizer_state = copy.deepcopy(optimizer_state)
+        if self.models is None:
+            return optimizer_state
+        n, per = len(self.state), optimizer_state["state"]
+        state = {j: {key: torch.stack([per[j * self.k + m][key] for m in range(self.k)]) if value.dim() else value
+                     for key, value in per[j * self.k].items()}
+                 for j in range(n) if j * self.k in per}
+        return {"state": state, "param_groups": [{**group, "params": list(range(n))}
+                                                 for group in optimizer_state["param_groups"]]}
+
+    def own_optimizer(self, stacked: dict) -> dict:
+        """The inverse of stacked_optimizer: a stacked-layout state_dict for these params (its own copy)."""
+        stacked = copy.deepcopy(stacked)
+        if self.models is None:
+            return stacked
+        state = {j * self.k + m: {key: value[m].clone() if value.dim() else value.clone()
+                                  for key, value in tensors.items()}
+                 for j, tensors in stacked["state"].items() for m in range(self.k)}
+        return {"state": state, "param_groups": [{**group, "params": list(range(len(self.params)))}
+                                                 for group in stacked["param_groups"]]}
 
 
 @contextlib.contextmanager
@@ -113,10 +174,10 @@ def precision_mode(spec: Spec, device: torch.device):
     yield
 
 
-def stack_losses(spec: Spec, model: nn.Module, state: dict, x: torch.Tensor, y: torch.Tensor):
+def stack_losses(spec: Spec, model: nn.Module, params: StackParams, x: torch.Tensor, y: torch.Tensor):
     """Every model's logits (K, B, classes) and mean cross-entropy (K,) on its own batch x[k], y[k]."""
     with precision_mode(spec, x.device):
-        logits = stacked_forward(model, state, x)
+        logits = params.logits(model, x)
     k = y.shape[0]
     losses = nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")
     return logits, losses.view(k, -1).mean(1)
@@ -227,16 +288,18 @@ def train_twins(spec: Spec, model: nn.Module, loaders: list, aug_seeds: list[int
     initial = start.state if start is not None else stack_states(inits or [model.state_dict()] * k)
     if next(iter(initial.values())).shape[0] != k:
         raise ValueError(f"{k} loaders for {next(iter(initial.values())).shape[0]} models")
-    state = {n: t.detach().to(device).clone().requires_grad_() for n, t in initial.items()}
     on_gpu = device.type == "cuda"
+    per_model = not on_gpu and spec.cpu_step == "per_model"
+    params = StackParams(initial, device, per_model)
+    state = params.state
     # On CUDA the learning rate is a device tensor the graph reads (fused kernels take it without a sync).
     lr = torch.tensor(spec.lr, device=device) if on_gpu else None
-    opt = make_optimizer(spec, list(state.values()), lr)
+    opt = make_optimizer(spec, params.params, lr, fused=per_model)
     step = 0
     if start is not None:
         # The snapshot's settings, this device's kernels (fused on CUDA) and learning-rate tensor.
         kernels = {key: opt.defaults[key] for key in ("fused", "capturable", "foreach") if key in opt.defaults}
-        opt.load_state_dict(copy.deepcopy(start.optimizer))  # the optimizer would update the snapshot's buffers
+        opt.load_state_dict(params.own_optimizer(start.optimizer))  # a copy: the optimizer updates its buffers
         for group in opt.param_groups:
             group.update(kernels, **({"lr": lr} if on_gpu else {}))
         step = start.step
@@ -254,7 +317,7 @@ def train_twins(spec: Spec, model: nn.Module, loaders: list, aug_seeds: list[int
     def run_step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
         """One optimizer step of the stack; the losses instead where the CPU stops before a non-finite step. On
         CUDA it makes the host wait for nothing, so that a graph can hold it."""
-        logits, losses = stack_losses(spec, model, state, x, y)
+        logits, losses = stack_losses(spec, model, params, x, y)
         if not on_gpu and not torch.isfinite(losses).all():
             return losses
         if on_gpu:
@@ -262,7 +325,7 @@ def train_twins(spec: Spec, model: nn.Module, loaders: list, aug_seeds: list[int
         opt.zero_grad(set_to_none=True)
         losses.sum().backward()
         if spec.grad_clip:
-            clip_per_model(list(state.values()), spec.grad_clip)
+            clip_per_model(params.grads(), spec.grad_clip)
         opt.step()
         tally.add(logits, losses, y)
         return None
@@ -324,19 +387,19 @@ def train_twins(spec: Spec, model: nn.Module, loaders: list, aug_seeds: list[int
         if on_epoch is not None:
             on_epoch(stats)
         if resume is not None and epoch + 1 < spec.epochs and step < total and resume.due():
-            snap = _snapshot(step, state, opt)
+            snap = _snapshot(step, params, opt)
             resume.save(step, _on_cpu(snap.state), _on_cpu(snap.optimizer),
                         [dataclasses.asdict(h) for h in result.history])
-    result.snapshot = _snapshot(step, state, opt)
+    result.snapshot = _snapshot(step, params, opt)
     return result
 
 
-def _snapshot(step: int, state: dict, opt: torch.optim.Optimizer) -> Snapshot:
+def _snapshot(step: int, params: StackParams, opt: torch.optim.Optimizer) -> Snapshot:
     """Copies (the optimizer's state_dict holds its live buffers, which a resumed run would update in place)."""
-    optimizer_state = copy.deepcopy(opt.state_dict())
+    optimizer_state = params.stacked_optimizer(opt.state_dict())
     for group in optimizer_state["param_groups"]:
         group["lr"] = float(group["lr"])  # a snapshot is device-free and reads the same on every device
-    return Snapshot(step, {n: t.detach().clone() for n, t in state.items()}, optimizer_state)
+    return Snapshot(step, {n: t.detach().clone() for n, t in params.state.items()}, optimizer_state)
 
 
 def _batch_on(batches, spec: Spec, aug_seeds, epoch: int, device: torch.device):
