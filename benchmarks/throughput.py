@@ -33,12 +33,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from lmc import connectivity, cost, data, datasets, models, paths
+from lmc import connectivity, cost, data, datasets, models, numerics, paths
 from lmc.spec import Spec
 from lmc.train import make_optimizer, precision_mode, train_twins
 
 EPOCHS = 5  # the first is warm-up; the median of the others is reported (this machine's timings vary)
-THREADS = os.cpu_count()  # what train_twins uses
+THREADS = numerics.threads()  # what train_twins uses in this mode
 OUT = {"cpu": Path("reports/benchmarks.md"), "cuda": Path("reports/benchmarks-cuda.md")}
 DEVICE = torch.device("cpu")  # set by main
 
@@ -331,9 +331,15 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--out", type=Path, help="where to write the report (default: reports/benchmarks[-cuda].md)")
+    parser.add_argument("--step-rows", action="store_true", help="(internal) print the CPU step table's rows in "
+                        "this process's numerics mode as JSON")
     parser.add_argument("--mnist", type=Path, help="(cuda) a folder holding MNIST in torchvision's layout: the "
                         "GPU tables train on it instead of mnist5k repeated")
     args = parser.parse_args(argv)
+    numerics.configure_torch()  # this process's mode (LMC_NUMERICS), as a stage would run in it
+    if args.step_rows:
+        print(json.dumps(step_rows(datasets.read_mnist5k()[0])))
+        return
     base = Spec(epochs=EPOCHS, device=args.device)
     if args.device == "cuda":
         from lmc.device import select
@@ -361,27 +367,79 @@ def main(argv=None) -> None:
     print(f"wrote {out}", file=sys.stderr)
 
 
+# The CPU step's cases (issue: widths 512, 2048 and 6272, the linear networks, the CNN and the LC-CNN), each at
+# batch 128 and 1024 with 1 and 3 pairs.
+STEP_CASES = [("MLP 512", {"width": 512}), ("MLP 2048", {"width": 2048}), ("MLP 6272 (Toeplitz)", {"width": "auto"}),
+              ("linear L4 512", {"model": "linear", "depth": 4, "width": 512, "lr": 0.01}), ("CNN 128 ch.", {"model": "cnn"}),
+              ("LC-CNN 128 ch.", {"model": "lc_cnn"})]
+STEP_EPOCHS = 3  # the first is warm-up; the median of the others is reported
+
+
+def step_rows(train: data.Split) -> dict:
+    """This process's numerics mode: the matmul rate, then per case, batch and pairs the seconds per epoch per
+    pair of the per-model step (the default), of the stacked vmap step (1 pair) and of the naive way."""
+    rate = matmul_gflops()
+    rows = []
+    for label, options in STEP_CASES:
+        for batch in (128, 1024):
+            spec = Spec(epochs=STEP_EPOCHS, batch_size=batch, **options)  # stable settings: none diverges
+            naive = naive_epoch(spec, train)  # A then B: one pair
+            stacked = pipeline_epoch(dataclasses.replace(spec, cpu_step="stacked"), memory_loaders(train))[0]
+            flops = 2 * model_train_flops(spec, len(train.labels)) / 1e9  # one pair's epoch
+            for pairs in (1, 3):
+                ours = pipeline_epoch(spec, memory_loaders(train), pairs=pairs)[0] / pairs
+                rows.append({"case": label, "batch": batch, "pairs": pairs, "ours": ours, "naive": naive,
+                             "stacked": stacked if pairs == 1 else None, "gflop": flops})
+                print(rows[-1], file=sys.stderr, flush=True)
+    return {"mode": os.environ.get("LMC_NUMERICS", "portable"), "rate": rate, "machine": machine(), "rows": rows}
+
+
+def step_table(train_path: str | None = None) -> list[str]:
+    """The step table in both numerics modes, each measured in its own process (the mode is pinned per process)."""
+    import subprocess
+
+    lines = ["## The CPU training step, per pair, in both numerics modes", "",
+             f"Seconds per epoch per twin pair (4,000 images; median of epochs 2-{STEP_EPOCHS}). *ours*: the "
+             "pipeline's per-model step (`cpu_step: per_model`, the default); *stacked*: the earlier vmap step "
+             "(`cpu_step: stacked`, 1 pair); *naive*: A then B as ordinary modules with torch's DataLoader. "
+             "GFLOP/s counts forward and backward (lmc/cost.py); *of rate*: of the 2048×2048 `torch.mm` rate "
+             "measured at the start of the same run, in the same mode.", ""]
+    for mode in ("portable", "native"):
+        out = subprocess.run([sys.executable, __file__, "--step-rows"], env={**os.environ, "LMC_NUMERICS": mode},
+                             check=True, capture_output=True, text=True).stdout
+        result = json.loads(out)
+        lines += [f"### numerics: {mode}", "", f"Machine: {result['machine']}. fp32 matmul rate: "
+                  f"**{result['rate']:.1f} GFLOP/s**.", "",
+                  "| case | batch | pairs | ours | stacked | naive | ours vs naive | ours GFLOP/s | of rate | "
+                  "naive GFLOP/s | of rate |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in result["rows"]:
+            ours, naive, rate = r["ours"], r["naive"], result["rate"]
+            stacked = f"{r['stacked']:.3f}" if r["stacked"] is not None else ""
+            lines.append(f"| {r['case']} | {r['batch']} | {r['pairs']} | {ours:.3f} | {stacked} | {naive:.3f} | "
+                         f"{naive / ours:.2f}× | {r['gflop'] / ours:.1f} | {r['gflop'] / ours / rate:.0%} | "
+                         f"{r['gflop'] / naive:.1f} | {r['gflop'] / naive / rate:.0%} |")
+        lines.append("")
+    return lines
+
+
 def cpu_tables(base: Spec, lines: list[str]) -> None:
     splits = datasets.read_mnist5k()  # the records prepare writes into the .beton files
     train = splits[0]
+    lines += step_table()
     rate = matmul_gflops()
-    lines += [f"fp32 matmul rate (2048×2048 `torch.mm`, best of 10): **{rate:.1f} GFLOP/s**.", ""]
+    lines += [f"The tables below run in this process's mode ({os.environ.get('LMC_NUMERICS', 'portable')}); its "
+              f"fp32 matmul rate (2048×2048 `torch.mm`, best of 10): **{rate:.1f} GFLOP/s**.", ""]
 
-    lines += ["## Twin training, s/epoch of both twins (median of epochs 2-5, 4,000 images, batch 128)", "",
-              "| width | pipeline (lockstep, in-memory batches) | naive (A then B, DataLoader) | speed-up | "
-              "pipeline GFLOP/s | of matmul rate | naive GFLOP/s | loader wait (in memory) | "
-              "pipeline with FFCV's loader | FFCV loader wait |", "|---|---|---|---|---|---|---|---|---|---|"]
-    naive_512 = None
+    lines += ["## Twin training with the split streamed by FFCV's loader, s/epoch of both twins (median of epochs "
+              "2-5, 4,000 images, batch 128)", "",
+              "| width | pipeline (in-memory batches) | loader wait (in memory) | pipeline with FFCV's loader | "
+              "FFCV loader wait |", "|---|---|---|---|---|"]
     for width in (512, 2048, "auto"):
         spec = dataclasses.replace(base, width=width)
         ours, wait = pipeline_epoch(spec, memory_loaders(train), timed=True)
         streamed, streamed_wait = pipeline_epoch(spec, ffcv_loaders, timed=True)
-        naive = naive_epoch(spec, train)
-        naive_512 = naive_512 or naive
-        flops = 2 * model_train_flops(spec, len(train.labels)) / 1e9
         label = f"{models.arch_from_spec(spec)['width']}" + (" (Toeplitz)" if width == "auto" else "")
-        lines.append(f"| {label} | {ours:.3f} | {naive:.3f} | {naive / ours:.2f}× | {flops / ours:.1f} | "
-                     f"{flops / ours / rate:.0%} | {flops / naive:.1f} | {wait:.1%} | {streamed:.3f} | {streamed_wait:.1%} |")
+        lines.append(f"| {label} | {ours:.3f} | {wait:.1%} | {streamed:.3f} | {streamed_wait:.1%} |")
         print(lines[-1], flush=True)
 
     costs = interpolation_costs(base, list(splits))
@@ -393,18 +451,19 @@ def cpu_tables(base: Spec, lines: list[str]) -> None:
         lines.append(f"| {label} | {costs[name]:.3f} | {costs[name] / costs['endpoints']:.2f} |")
     print("\n".join(lines[-3:]), flush=True)
 
-    lines += ["", "## K twin pairs in one batched model (width 512)", "",
-              "| K pairs | s/epoch | s/epoch per pair | pairs per second-epoch vs K=1 | "
-              "vs K × naive (its width-512 time above) |", "|---|---|---|---|---|"]
+    lines += ["", "## K twin pairs in one model (width 512)", "",
+              "| K pairs | s/epoch | s/epoch per pair | pairs per second-epoch vs K=1 |", "|---|---|---|---|"]
     single = None
     for k in (1, 2, 4, 8):
         t, _ = pipeline_epoch(base, memory_loaders(train), pairs=k)
         single = single or t
-        lines.append(f"| {k} | {t:.3f} | {t / k:.3f} | {k * single / t:.2f}× | {k * naive_512 / t:.2f}× |")
+        lines.append(f"| {k} | {t:.3f} | {t / k:.3f} | {k * single / t:.2f}× |")
         print(lines[-1], flush=True)
 
-    lines += ["", "## Where the time goes: one pipeline epoch at width 512 (torch.profiler, CPU)", "", "```",
-              profile_epoch(base, train), "```"]
+    for width in (512, "auto"):
+        spec = dataclasses.replace(base, width=width)
+        lines += ["", f"## Where the time goes: one pipeline epoch at width {models.arch_from_spec(spec)['width']} "
+                  "(torch.profiler, CPU, 1 pair)", "", "```", profile_epoch(spec, train), "```"]
 
 
 if __name__ == "__main__":

@@ -36,30 +36,41 @@ def layer_path_states(state_a: dict, state_b: dict, layer: str, alphas) -> dict[
 
 def layerwise_curves(model: nn.Module, state_a: dict, state_b: dict, images: torch.Tensor, labels: torch.Tensor,
                      dataset: str, alphas, device: torch.device | None = None, progress=None) -> dict[str, dict]:
-    """{layer: {"error": [...], "loss": [...]}} along each layer's path: the (layer, α) points in passes of
-    `connectivity.models_per_pass`, only a pass's states ever built. `progress` (a tqdm, or anything with
-    update(n)) advances by one per evaluation batch: `layerwise_batches`."""
+    """{layer: {"error": [...], "loss": [...]}} along each layer's path. Every layer's path starts at A (α=0), so
+    A is evaluated once; the other (layer, α) points go in passes of `connectivity.models_per_pass`, only a
+    pass's states ever built. `progress` (a tqdm, or anything with update(n)) advances by one per evaluation
+    batch: `layerwise_batches`."""
     names, alphas = layer_names(state_a), np.asarray(alphas)
-    points = [(i, j) for i in range(len(names)) for j in range(len(alphas))]
+    at_a = alphas == 0
+    points = ([None] if at_a.any() else []) + [(i, j) for i in range(len(names)) for j in np.flatnonzero(~at_a)]
     errors, losses = [], []
     batch = connectivity.eval_batch_size(model, images.shape[1:], device)  # once, for every pass
     per_pass = connectivity.models_per_pass(model, images.shape[1:], batch, device)
     for start in range(0, len(points), per_pass):
-        chunk = points[start:start + per_pass]
-        stacks = [layer_path_states(state_a, state_b, names[layer], alphas[[j for i, j in chunk if i == layer]])
-                  for layer in sorted({i for i, _ in chunk})]  # each layer's α of this pass, in order
+        chunk = points[start:start + per_pass]  # A first, then by layer: the stacks below keep that order
+        moving = [point for point in chunk if point is not None]
+        stacks = [{n: t.unsqueeze(0) for n, t in state_a.items()}] if len(moving) < len(chunk) else []
+        stacks += [layer_path_states(state_a, state_b, names[layer], alphas[[j for i, j in moving if i == layer]])
+                   for layer in sorted({i for i, _ in moving})]
         stacked = {n: torch.cat([s[n] for s in stacks]) for n in state_a}
         e, l = connectivity.evaluate_stack(model, stacked, images, labels, dataset, batch, device, progress)
         errors.append(e)
         losses.append(l)
-    error = np.concatenate(errors).reshape(len(names), len(alphas))
-    loss = np.concatenate(losses).reshape(len(names), len(alphas))
-    return {name: {"error": error[i].tolist(), "loss": loss[i].tolist()} for i, name in enumerate(names)}
+    curves = {}
+    for values, key in ((np.concatenate(errors), "error"), (np.concatenate(losses), "loss")):
+        grid = np.empty((len(names), len(alphas)))
+        grid[:, at_a] = values[0] if at_a.any() else 0
+        grid[:, ~at_a] = values[int(at_a.any()):].reshape(len(names), -1)
+        for i, name in enumerate(names):
+            curves.setdefault(name, {})[key] = grid[i].tolist()
+    return curves
 
 
-def layerwise_batches(model: nn.Module, alphas: int, image_shape, n: int, device: torch.device | None = None) -> int:
-    """The evaluation batches `layerwise_curves` runs for `model`, `alphas` α, n images."""
-    return connectivity.eval_work(model, image_shape, len(layer_names(model.state_dict())) * alphas, n, device)
+def layerwise_batches(model: nn.Module, alphas, image_shape, n: int, device: torch.device | None = None) -> int:
+    """The evaluation batches `layerwise_curves` runs for `model` on the α grid `alphas` and n images."""
+    alphas = np.asarray(alphas)
+    points = int((alphas == 0).any()) + len(layer_names(model.state_dict())) * int((alphas != 0).sum())
+    return connectivity.eval_work(model, image_shape, points, n, device)
 
 
 def layer_metrics(curves_by_split: dict[str, dict[str, dict]]) -> dict[str, dict]:

@@ -15,6 +15,7 @@ SUMMARY = Path("reports/summary.md")
 FIGURE = Path("reports/interpolation.png")
 LAYERWISE = Path("reports/layerwise.json")
 LAYERWISE_SUMMARY = Path("reports/layerwise.md")
+LAYERWISE_LAYERS = Path("reports/layerwise.csv")
 # The numeric environment each computing stage ran in (lmc/numerics.py): tracked by git, not DVC, since it
 # differs between machines that compute the same bytes; a reproduction check reads it when bytes differ.
 NUMERICS = Path("reports/numerics.json")

@@ -117,9 +117,18 @@ def test_missing_beton_names_the_file_and_the_fix(tmp_path):
         data.twin_loader(tmp_path / "train.beton", 10, 0)
 
 
-def test_truncated_beton_is_reported_as_unreadable(tmp_path):
+@pytest.mark.parametrize("keep", [200, 4000, -100])  # cut in: the fields, the samples' rows, the page table
+def test_truncated_beton_is_reported_as_unreadable(tmp_path, keep):
     path = tmp_path / "train.beton"
     data.write_beton(small_split(), path)
-    path.write_bytes(path.read_bytes()[:200])
+    path.write_bytes(path.read_bytes()[:keep])
     with pytest.raises(data.DataError, match=r"train.beton is unreadable .*dvc repro -f prepare"):
         data.read_split(path)
+
+
+def test_reading_a_beton_directly_gives_what_ffcvs_loader_gives(betons):
+    """read_split parses the file with numpy alone; FFCV's own loader must read the very same arrays."""
+    for split in ("train", "test"):
+        direct, loaded = data.read_split(betons[split]), data.read_split_with_ffcv(betons[split])
+        assert direct.images.dtype == loaded.images.dtype and direct.labels.dtype == loaded.labels.dtype
+        assert np.array_equal(direct.images, loaded.images) and np.array_equal(direct.labels, loaded.labels)

@@ -61,8 +61,10 @@ def test_layer_paths_in_passes_count_layerwise_batches_and_give_the_same_curves(
     model = models.build(models.arch_from_spec(SPEC))
     grid, counter = connectivity.alpha_grid(3), Counter()
     whole = layerwise.layerwise_curves(model, a, b, images, labels, SPEC.dataset, grid)  # 9 models: one pass
-    # a budget of 4 models: 3 layers × 3 α in three passes, the second holding two layers' points
+    # a budget of 4 models: A once, then 3 layers × 2 α (0.5 and 1) in two passes, each holding two layers' points
     monkeypatch.setitem(connectivity.EVAL_MEMORY, "cpu", 4 * connectivity.model_bytes(model, images.shape[1:]))
     counted = layerwise.layerwise_curves(model, a, b, images, labels, SPEC.dataset, grid, progress=counter)
-    assert counter.n == layerwise.layerwise_batches(model, 3, images.shape[1:], len(labels)) == 3 * 1
+    assert counter.n == layerwise.layerwise_batches(model, grid, images.shape[1:], len(labels)) == 2 * 1
     assert counted == whole
+    # every layer's path starts at A, evaluated once: one value for all
+    assert len({curve["error"][0] for curve in whole.values()}) == 1
