@@ -31,9 +31,18 @@ class Rate:
 
 _H100 = "one H100 (reports/benchmarks-cuda.md): the Toeplitz-width MLP cell, 3 pairs at batch 1024, "
 _FLOOR = "; floor: the width-512 cell's CUDA graph, 1 pair, 0.48 ms a step"
+# The CPU's rate depends on the numerics mode (lmc/numerics.py) and the step (spec.cpu_step): one run of
+# benchmarks/throughput.py (reports/benchmarks.md), the cells' usual model (MLP 512, batch 128, 1 pair).
+_CPU = "the 2-core development CPU (reports/benchmarks.md, MLP 512, batch 128): "
+CPU_RATES = {
+    ("portable", "per_model"): Rate(24.2e9, 0.0, _CPU + "the per-model step, portable, 52% of its 46.8 GFLOP/s "
+                                                 "matmul rate there"),
+    ("portable", "stacked"): Rate(17.6e9, 0.0, _CPU + "the stacked step, portable"),
+    ("native", "per_model"): Rate(65.0e9, 0.0, _CPU + "the per-model step, native, 37% of its 176.6 GFLOP/s "
+                                               "matmul rate there"),
+    ("native", "stacked"): Rate(48.8e9, 0.0, _CPU + "the stacked step, native (the committed cpu-scale studies)"),
+}
 RATES = {
-    ("cpu", "fp32"): Rate(76e9, 0.0, "the 2-core development CPU: stacked twins at 40% of its 190 GFLOP/s fp32 "
-                                     "matmul rate (reports/benchmarks.md)"),
     ("cuda", "fp32"): Rate(29.0e12, 0.48e-3, _H100 + "0.249 s/epoch, 57% of the 51 TFLOP/s fp32 matmul rate" + _FLOOR),
     ("cuda", "tf32"): Rate(40.2e12, 0.48e-3, _H100 + "0.179 s/epoch (1.39× fp32)" + _FLOOR),
     ("cuda", "bf16"): Rate(53.1e12, 0.48e-3, _H100 + "0.136 s/epoch (1.83× fp32)" + _FLOOR),
@@ -42,9 +51,12 @@ REPORT = Path("reports/cost.md")
 MEASURED = Path("reports/cost-measured.json")  # {stage: seconds} of cells timed on the development CPU
 
 
-def rate(device: str, precision: str) -> tuple[Rate, str]:
-    """The measured rate of a device and precision, and a note where that precision was not measured there
-    (its fp32 rate stands in)."""
+def rate(device: str, precision: str, numerics: str = "portable", cpu_step: str = "per_model") -> tuple[Rate, str]:
+    """The measured rate of a device and precision (on the CPU: of a numerics mode and step), and a note where
+    that precision was not measured there (its fp32 rate stands in)."""
+    if device == "cpu":
+        note = "" if precision == "fp32" else f" ({precision} not measured on {device}: fp32's rate)"
+        return CPU_RATES[numerics, cpu_step], note
     if (device, precision) in RATES:
         return RATES[device, precision], ""
     return RATES[device, "fp32"], f" ({precision} not measured on {device}: fp32's rate)"
@@ -88,13 +100,13 @@ def cell_flops(spec: Spec) -> float:
 
 
 def cell_hours(spec: Spec) -> float:
-    r, _ = rate(spec.device, spec.precision)
+    r, _ = rate(spec.device, spec.precision, spec.numerics, spec.cpu_step)
     steps = spec.epochs * spec.steps_per_epoch
     return max(cell_flops(spec) / r.flops, steps * r.step_floor) / 3600
 
 
-def basis(device: str, precision: str = "fp32") -> str:
-    r, note = rate(device, precision)
+def basis(device: str, precision: str = "fp32", numerics: str = "portable", cpu_step: str = "per_model") -> str:
+    r, note = rate(device, precision, numerics, cpu_step)
     return f"at {r.flops / 1e12:g} TFLOP/s{note} measured on {r.where}"
 
 
@@ -110,6 +122,7 @@ def report(raw: dict) -> str:
              "rates; `python -m lmc.dispatch <study> --dry-run` prints the same estimate for what it would send). "
              "Regenerate with `python -m lmc.cost`.", "", "## The rates", "",
              "| device | precision | TFLOP/s | step floor (ms) | measured on |", "|---|---|---|---|---|"]
+    lines += [f"| cpu ({n}, {c}) | fp32 | {r.flops / 1e12:g} | 0 | {r.where} |" for (n, c), r in CPU_RATES.items()]
     lines += [f"| {d} | {p} | {r.flops / 1e12:g} | {1e3 * r.step_floor:g} | {r.where} |" for (d, p), r in RATES.items()]
     names = list(raw["studies"])
     lines += ["", "## Paper scale, one H100, per training precision", "",
@@ -137,7 +150,7 @@ def report(raw: dict) -> str:
                   "evaluation): " + "; ".join(checks) + "."]
     measured = json.loads(MEASURED.read_text()) if MEASURED.exists() else {}
     lines += ["", "## cpu scale, the development CPU (2 cores), fp32", "",
-              "The committed results' scale. Measured: cells rerun on this machine one at a time (the relock "
+              "The committed results' scale, estimated in each cell's own numerics mode and step. Measured: cells rerun on this machine one at a time (the relock "
               f"of 2026-11-27), wall time of `dvc repro -f -s <cell>` with DVC's own start-up, some beside other "
               f"work on the 2 cores ({MEASURED}).", "",
               "| study | cells | estimated CPU-hours | cells timed | their estimate (s) | their measured time (s) "

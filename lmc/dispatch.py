@@ -576,12 +576,13 @@ def dry_run(names: list[str]) -> str:
         specs = [studies.resolve(raw, studies.find_cell(raw, study, s[len(study) + 1:]))
                  for s in mine if s != f"trunk-{study}"]
         device = specs[0].device if specs else "cpu"
-        devices |= {(s.device, s.precision) for s in specs} or {("cpu", "fp32")}
+        devices |= {(s.device, s.precision, s.numerics, s.cpu_step) for s in specs} or {("cpu", "fp32", "portable",
+                                                                                         "per_model")}
         lines.append(f"{study}: {len(mine)} to send, about {sum(map(cost.cell_hours, specs)):.2f} "
                      f"{device.upper()}-hours")
         lines += [f"  {s}" for s in mine]
-    lines += [f"{d.upper()}-hours ({p}) {cost.basis(d, p)} (lmc/cost.py; reports/cost.md: every study, every "
-              f"precision)" for d, p in sorted(devices)]
+    lines += [f"{d.upper()}-hours ({p}) {cost.basis(d, p, n, c)} (lmc/cost.py; reports/cost.md: every study, every "
+              f"precision)" for d, p, n, c in sorted(devices)]
     return "\n".join(lines + unprepared_note(raw, names))
 
 
