@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import inspect
 import itertools
 import math
 import sys
@@ -63,18 +64,36 @@ class TrainResult:
     snapshot: Snapshot | None = None  # where training stopped (None if it diverged)
 
 
+def _eager(optimizer: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
+    """`optimizer` without torch.optim's torch.compile hooks: its step (and its bookkeeping methods) import
+    torch._dynamo on first use, 1.5-3 s of a process's start-up on this machine, as long as the default
+    experiment's whole training. Training here is never compiled; the arithmetic is the same functions'."""
+    names = ("zero_grad", "state_dict", "load_state_dict", "add_param_group")
+    plain = {name: inspect.unwrap(getattr(optimizer, name)) for name in (*names, "step")}
+
+    def step(self, closure=None):
+        with torch.no_grad():  # what the hook did: optimizer steps are not differentiated
+            return plain["step"](self, closure)
+    return type(optimizer.__name__, (optimizer,), {"step": step, **{name: plain[name] for name in names}})
+
+
+EAGER = {"sgd": _eager(torch.optim.SGD), "adam": _eager(torch.optim.Adam)}
+
+
 def make_optimizer(spec: Spec, params: list[torch.Tensor], lr: torch.Tensor | None = None,
                    fused: bool = False) -> torch.optim.Optimizer:
     """SGD or Adam over the parameters. Given a device tensor `lr` (CUDA), the fused kernels: they read the
     learning rate on the device and can be captured in a CUDA graph. `fused` alone: the fused kernels with a
-    plain learning rate (the CPU's per-model step: one pass over each tensor instead of several)."""
+    plain learning rate (the CPU's per-model step: one pass over each tensor instead of several). On the CPU,
+    torch.optim's classes without their compile hooks (`_eager`)."""
+    kinds = EAGER if lr is None else {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
     fused = {"fused": True} if lr is not None or fused else {}
     if spec.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=spec.lr if lr is None else lr, momentum=spec.momentum,
-                               weight_decay=spec.weight_decay, **fused)
+        return kinds["sgd"](params, lr=spec.lr if lr is None else lr, momentum=spec.momentum,
+                            weight_decay=spec.weight_decay, **fused)
     if lr is not None:
         fused["capturable"] = True  # Adam's step count lives on the device too
-    return torch.optim.Adam(params, lr=spec.lr if lr is None else lr, weight_decay=spec.weight_decay, **fused)
+    return kinds["adam"](params, lr=spec.lr if lr is None else lr, weight_decay=spec.weight_decay, **fused)
 
 
 def lr_at(spec: Spec, step: int, steps_per_epoch: int) -> float:

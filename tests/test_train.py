@@ -208,3 +208,18 @@ def test_a_trunk_that_diverges_makes_the_run_unstable_not_a_crash(betons, tiny_s
     with pytest.raises(FloatingPointError, match="the trunk diverged before step 5"):
         train_trunks(spec, models.build(models.arch_from_spec(spec)), [models.init_model(spec, i).state_dict()
                      for i in range(2)], split, [5])
+
+
+def test_cpu_training_never_imports_torch_dynamo(betons, tiny_spec):
+    """torch.optim's compile hooks import torch._dynamo (seconds of start-up); the CPU's optimizers leave them out,
+    snapshots (state_dict, load_state_dict) included."""
+    code = ("import sys, dataclasses; from lmc import data, models; from lmc.spec import Spec; "
+            "from lmc.train import train_twins\n"
+            f"for opt in ('sgd', 'adam'):\n"
+            f"    spec = Spec(width=8, epochs=2, batch_size=500, optimizer=opt)\n"
+            f"    loaders = [data.twin_loader({str(betons['train'])!r}, 500, s) for s in (1, 2)]\n"
+            f"    first = train_twins(spec, models.init_model(spec), loaders, stop_step=3)\n"
+            f"    train_twins(spec, models.init_model(spec), loaders, start=first.snapshot)\n"
+            "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
