@@ -88,9 +88,10 @@ class Spec:
     refine_alphas: int = _field(0, "α points added inside each grid interval next to each curve's highest "
                                 "interior point (0 = off); the grid's own barrier is still reported", min=0)
     layerwise_alphas: int = _field(5, "α points on each layer's path in the layerwise stage, endpoints included "
-                                   "(its cost grows with them; the barriers of the path itself use `alphas`)", min=3)
+                                   "(its cost grows with them; the barriers of the path itself use `alphas`)", min=3,
+                                   legacy=5)  # (legacy: the default; no result before them depends on them)
     layerwise_samples: int = _field(1000, "images of each split (its first n, up to its size) the layerwise stage "
-                                    "evaluates", min=1)
+                                    "evaluates", min=1, legacy=1000)
     pairs: int = _field(1, "twin pairs trained together; pair 0 uses the seeds above, pair i derives its own "
                         "(init, order, augmentation); barriers get a mean and a 95% interval", min=1, max=64)
     spawn_step: int = _field(0, "A and B share their first k optimizer steps on A's data stream, then B branches "
