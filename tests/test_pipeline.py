@@ -135,6 +135,8 @@ def test_exp_show_leads_with_the_barriers_and_has_no_study_column(tiny_repo):
     header = sh(tiny_repo, "dvc", "exp", "show", "--csv").stdout.splitlines()[0].split(",")
     assert len(header) <= 100, len(header)
     assert not [c for c in header if "studies" in c], [c for c in header if "studies" in c]
+    assert not [c for c in header if "layers." in c]  # per-layer values live in layerwise.csv, not in the table
+    assert {"max_layer_barrier_test", "max_layer_test"} <= set(header)
     metrics = header[header.index("Created") + 2:]  # after Experiment, rev, typ, Created, parent
     assert metrics[:2] == ["barrier_test", "barrier_train"], metrics[:6]
     twins = [i for i, c in enumerate(header) if c.startswith(("loss_a", "loss_b", "acc_a", "acc_b"))]
@@ -157,7 +159,9 @@ def test_experiment_reruns_only_train_and_later_and_is_compared(tiny_repo):
     text = json.dumps(table)
     assert '"optimizer": "adam"' in text and '"optimizer": "sgd"' in text and "barrier_test" in text
     out = sh(tiny_repo, "dvc", "exp", "run", "-S", "alphas=5").stdout
-    assert set(ran(out)) == {"check", "source", "interpolate", "report", "layerwise"}
+    assert set(ran(out)) == {"check", "source", "interpolate", "report"}  # layerwise has its own α
+    out = sh(tiny_repo, "dvc", "exp", "run", "-S", "layerwise_samples=500").stdout
+    assert set(ran(out)) == {"check", "source", "layerwise"}
     out = sh(tiny_repo, "dvc", "exp", "run", "-S", "align=weight_matching", "-S", "refine_alphas=3").stdout
     assert set(ran(out)) == {"check", "source", "interpolate", "report"}
     curves = json.loads((tiny_repo / "data/interpolation.json").read_text())
