@@ -107,9 +107,9 @@ def lr_at(spec: Spec, step: int, steps_per_epoch: int) -> float:
     return spec.lr
 
 
-def clip_per_model(grads: list[list[torch.Tensor]], max_norm: float) -> None:
-    """Scale each model's gradients (grads[k]: model k's, any layout) in place to global L2 norm <= max_norm."""
-    norms = torch.stack([torch.stack([g.pow(2).sum() for g in model]).sum() for model in grads]).sqrt()
+def clip_per_model(norms: torch.Tensor, grads: list[list[torch.Tensor]], max_norm: float) -> None:
+    """Scale model k's gradients (grads[k], any layout), whose global L2 norm is norms[k], in place to a norm of
+    at most max_norm."""
     scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
     for model, factor in zip(grads, scale):
         for g in model:
@@ -119,13 +119,13 @@ def clip_per_model(grads: list[list[torch.Tensor]], max_norm: float) -> None:
 class StackParams:
     """The K models' parameters as the optimizer trains them.
 
-    `state` holds them stacked (leading axis = model) and is current after every step. On CUDA the optimizer
-    trains those stacked tensors, run as one model through vmap. On the CPU it trains one leaf per model and
-    tensor, each a view into its stacked tensor, run model by model (spec.cpu_step per_model; `stacked` keeps
-    the earlier vmap'd step): plain per-model matmuls are faster there than vmap's batched ones
-    (reports/benchmarks.md), and there are no per-step copies. The optimizer's
-    state_dict goes out (snapshots, resume files) and comes back in the stacked layout either way, so a
-    snapshot reads the same on every device.
+    `state` holds them stacked (leading axis = model) and is current after every step. Stacked (CUDA, and
+    cpu_step: stacked, the earlier CPU step), the optimizer trains those stacked tensors, run as one model
+    through vmap. Per model (the CPU's default), it trains one leaf per model and tensor, each a view into its
+    stacked tensor, run model by model: plain per-model matmuls are faster there than vmap's batched ones
+    (reports/benchmarks.md), and there are no per-step copies. The optimizer's state_dict goes out
+    (snapshots, resume files) and comes back in the stacked layout either way, so a snapshot reads the same on
+    every device.
     """
 
     def __init__(self, initial: dict[str, torch.Tensor], device: torch.device, per_model: bool):
@@ -143,11 +143,16 @@ class StackParams:
             return stacked_forward(model, self.state, x)
         return looped_forward(model, self.models, x)
 
-    def grads(self) -> list[list[torch.Tensor]]:
-        """Per model, its gradients (views into the stacked gradients on CUDA)."""
+    def clip(self, max_norm: float) -> None:
+        """Scale each model's gradient to a global L2 norm of at most max_norm. Stacked, the norms are summed
+        as the stacked step always summed them (its results keep their bytes); per model, model by model."""
         if self.models is None:
-            return [[p.grad[m] for p in self.params] for m in range(self.k)]
-        return [[p.grad for p in model.values()] for model in self.models]
+            norms = torch.stack([p.grad.flatten(1).pow(2).sum(1) for p in self.params]).sum(0).sqrt()
+            grads = [[p.grad[m] for p in self.params] for m in range(self.k)]
+        else:
+            grads = [[p.grad for p in model.values()] for model in self.models]
+            norms = torch.stack([torch.stack([g.pow(2).sum() for g in model]).sum() for model in grads]).sqrt()
+        clip_per_model(norms, grads, max_norm)
 
     def stacked_optimizer(self, optimizer_state: dict) -> dict:
         """An optimizer state_dict of these params in the stacked layout (its own copy)."""
@@ -344,7 +349,7 @@ def train_twins(spec: Spec, model: nn.Module, loaders: list, aug_seeds: list[int
         opt.zero_grad(set_to_none=True)
         losses.sum().backward()
         if spec.grad_clip:
-            clip_per_model(params.grads(), spec.grad_clip)
+            params.clip(spec.grad_clip)
         opt.step()
         tally.add(logits, losses, y)
         return None

@@ -231,7 +231,7 @@ def test_committed_lock_reproduces_here_and_a_difference_is_explained(tmp_path):
     sh(repo, "dvc", "repro", "-f")
     check = sh(repo, sys.executable, "-m", "lmc.reproduce", check=False)
     assert check.returncode == 0, f"the committed results do not reproduce:\n{check.stdout}"
-    assert "reproduced: all 15 outputs" in check.stdout
+    assert "reproduced: all 16 outputs" in check.stdout
     assert json.loads((repo / "reports/numerics.json").read_text())["train"]["numerics"] == "portable"
 
     params = yaml.safe_load((repo / "params.yaml").read_text())

@@ -126,7 +126,10 @@ def test_precision_is_recorded_only_away_from_its_default():
     """Results recorded before `precision` existed (fp32) keep their spec and trunk key; bf16 results say so."""
     assert "precision" not in Spec().record()
     assert Spec(precision="bf16").record()["precision"] == "bf16"
-    assert set(Spec().record()) == {f.name for f in dataclasses.fields(Spec)} - {"precision"}
+    # (the layerwise params are left out at their defaults too: no result made before them depends on them)
+    assert set(Spec().record()) == {f.name for f in dataclasses.fields(Spec)} - {"precision", "layerwise_alphas",
+                                                                                 "layerwise_samples"}
+    assert Spec(layerwise_alphas=11).record()["layerwise_alphas"] == 11
 
 
 def test_tf32_on_the_cpu_is_one_line():

@@ -111,7 +111,7 @@ def test_cosine_decays_to_zero_after_warmup():
 def test_gradient_clipping_is_per_twin():
     """Model 0's gradients (norm 5 over its two tensors) are scaled to norm 1; model 1's (norm 0.5) are kept."""
     grads = [[torch.tensor([3.0, 0.0]), torch.tensor([4.0])], [torch.tensor([0.3, 0.0]), torch.tensor([0.4])]]
-    clip_per_model(grads, 1.0)
+    clip_per_model(torch.tensor([5.0, 0.5]), grads, 1.0)
     torch.testing.assert_close(torch.cat(grads[0]), torch.tensor([0.6, 0.0, 0.8]), atol=1e-6, rtol=0)
     torch.testing.assert_close(torch.cat(grads[1]), torch.tensor([0.3, 0.0, 0.4]), atol=1e-6, rtol=0)
 
