@@ -3,14 +3,17 @@
     python benchmarks/throughput.py                  # CPU, after `dvc repro prepare`; writes reports/benchmarks.md
     python benchmarks/throughput.py --device cuda    # one GPU; writes reports/benchmarks-cuda.md
 
-On the CPU (the bundled mnist5k, batch size 128, the default SGD settings):
-  1. twin training: lockstep twins (vmap, the split in memory) vs a naive reference that trains A, then B, as ordinary
-     nn.Modules fed by torch's DataLoader (same model, same FLOPs, same epochs): seconds per epoch of both;
-  2. achieved training FLOP/s against this machine's fp32 matmul rate measured in the same run;
+On the CPU (the bundled mnist5k, the default SGD settings):
+  1. the training step per twin pair, in BOTH numerics modes (each in its own process: the mode is pinned per
+     process): the pipeline's per-model step, the earlier stacked (vmap) step and a naive reference that trains A,
+     then B, as ordinary nn.Modules fed by torch's DataLoader, for the MLP at widths 512, 2048 and 6272, the 4-layer
+     linear network, the CNN and the LC-CNN, at batch 128 and 1024 with 1 and 3 pairs; achieved FLOP/s against the
+     fp32 matmul rate measured in the same process;
+  then, in this process's mode (batch 128):
+  2. the share of a training step spent waiting for data: in memory, and streamed by FFCV's loader;
   3. interpolation over 11 α on train+test vs evaluating the two endpoints alone (and the naive α loop);
-  4. the share of a training step spent waiting for data: in memory, and streamed by FFCV's loader;
-  5. K twin pairs in one batched model: seconds per epoch per pair as K grows;
-  6. a profile of one pipeline epoch (top operators by self CPU time).
+  4. K twin pairs in one model: seconds per epoch per pair as K grows;
+  5. a profile of one pipeline epoch at widths 512 and 6272 (top operators by self CPU time).
 On a GPU (MNIST's size: full MNIST with --mnist, else mnist5k's 4,000 images repeated 15 times, the time not
 depending on the pixels): the fp32, tf32 and bf16 matmul rates; the width-512 cell at batch 1024 (host-bound)
 as a plain GPU-resident loop, as the eager pipeline step and as its CUDA graph with 1, 3 and 8 pairs; the
