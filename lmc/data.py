@@ -174,6 +174,7 @@ _HEADER = np.dtype([("version", "<u2"), ("num_fields", "<u2"), ("page_size", "<u
 _FIELD = np.dtype([("type_id", "<u1"), ("name", ("<u1", 16)), ("arguments", ("<u1", (1024,)))], align=True)
 _ROW = np.dtype([("image", "<u8"), ("label", "<i8"), ("index", "<i8")], align=True)
 _LAYOUT = [(4, "image"), (1, "label"), (1, "index")]  # FFCV's type ids: 4 NDArrayField, 1 IntField
+GATHER = 2 ** 22  # pixels read_split gathers at a time: a 32 MB index array, whatever the dataset
 
 
 def read_split(path: str | Path) -> Split:
@@ -195,8 +196,12 @@ def read_split(path: str | Path) -> Split:
         if len(rows) != n or path.stat().st_size != header["alloc_table_ptr"] + 24 * n:  # one page entry a sample
             raise ValueError("truncated")
         size = int(np.prod(shape))
-        pixels = np.memmap(path, np.uint8, mode="r")
-        images = pixels[rows["image"].astype(np.int64)[:, None] + np.arange(size)].reshape(-1, *shape)
+        pixels, offsets = np.memmap(path, np.uint8, mode="r"), rows["image"].astype(np.int64)
+        images = np.empty((n, size), np.uint8)
+        chunk = max(1, GATHER // size)  # samples gathered at a time
+        for start in range(0, n, chunk):
+            images[start:start + chunk] = pixels[offsets[start:start + chunk, None] + np.arange(size)]
+        images = images.reshape(-1, *shape)
     except Exception as err:  # a damaged or foreign file
         raise DataError(f"data: {path} is unreadable ({type(err).__name__}); "
                         f"rerun `dvc repro -f prepare` to rebuild it") from None
