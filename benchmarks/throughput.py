@@ -397,7 +397,7 @@ def step_rows(train: data.Split) -> dict:
     return {"mode": os.environ.get("LMC_NUMERICS", "portable"), "rate": rate, "machine": machine(), "rows": rows}
 
 
-def step_table(train_path: str | None = None) -> list[str]:
+def step_table() -> list[str]:
     """The step table in both numerics modes, each measured in its own process (the mode is pinned per process)."""
     import subprocess
 

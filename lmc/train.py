@@ -155,27 +155,26 @@ class StackParams:
         clip_per_model(norms, grads, max_norm)
 
     def stacked_optimizer(self, optimizer_state: dict) -> dict:
-        """An optimizer state_dict of these params in the stacked layout (its own copy)."""
-        optimizer_state = copy.deepcopy(optimizer_state)
+        """An optimizer state_dict of these params in the stacked layout (its own copy, made once)."""
         if self.models is None:
-            return optimizer_state
+            return copy.deepcopy(optimizer_state)
         n, per = len(self.state), optimizer_state["state"]
-        state = {j: {key: torch.stack([per[j * self.k + m][key] for m in range(self.k)]) if value.dim() else value
-                     for key, value in per[j * self.k].items()}
+        state = {j: {key: torch.stack([per[j * self.k + m][key] for m in range(self.k)]) if value.dim()
+                     else value.clone() for key, value in per[j * self.k].items()}
                  for j in range(n) if j * self.k in per}
         return {"state": state, "param_groups": [{**group, "params": list(range(n))}
-                                                 for group in optimizer_state["param_groups"]]}
+                                                 for group in copy.deepcopy(optimizer_state["param_groups"])]}
 
     def own_optimizer(self, stacked: dict) -> dict:
-        """The inverse of stacked_optimizer: a stacked-layout state_dict for these params (its own copy)."""
-        stacked = copy.deepcopy(stacked)
+        """The inverse of stacked_optimizer: a stacked-layout state_dict for these params (its own copy, made
+        once)."""
         if self.models is None:
-            return stacked
+            return copy.deepcopy(stacked)
         state = {j * self.k + m: {key: value[m].clone() if value.dim() else value.clone()
                                   for key, value in tensors.items()}
                  for j, tensors in stacked["state"].items() for m in range(self.k)}
         return {"state": state, "param_groups": [{**group, "params": list(range(len(self.params)))}
-                                                 for group in stacked["param_groups"]]}
+                                                 for group in copy.deepcopy(stacked["param_groups"])]}
 
 
 @contextlib.contextmanager
