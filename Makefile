@@ -1,5 +1,5 @@
 # `make repro`: set up (idempotent) and run the pipeline. `make test`: set up and run the tests.
-# `make study STUDY=<name>`: set up and run one study of the paper (see README).
+# `make study STUDY=<name> [SCALE=cpu|paper|smoke]`: set up and run one study of the paper (see README).
 SHELL := /bin/bash
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
@@ -11,7 +11,7 @@ TEST_APT_PACKAGES := slurm-wlm munge chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUN := PATH="$(BIN):$$PATH"
 
-.PHONY: setup repro test check-repro study dispatch system-packages test-system-packages apt
+.PHONY: setup repro test check-repro study dispatch bundle system-packages test-system-packages apt
 setup: system-packages $(STAMP)
 
 system-packages:
@@ -43,14 +43,19 @@ check-repro: setup
 test: setup test-system-packages
 	$(RUN) python -m pytest
 
-# `make dispatch STUDY="table1 fig1" EXECUTOR=slurm JOBS=64 ARGS="--partition gpu --gpus-per-task 1"`: a
-# study's pending cells on workers (lmc/dispatch.py; EXECUTOR local by default).
+# `make dispatch STUDY="table1 fig1" SCALE=paper EXECUTOR=slurm JOBS=64 ARGS="--partition gpu --gpus-per-task 1"`:
+# a study's pending cells on workers (lmc/dispatch.py; EXECUTOR local and SCALE cpu by default).
 dispatch: setup
-	@test -n "$(STUDY)" || { echo "usage: make dispatch STUDY=<name> [EXECUTOR=local|slurm] [JOBS=n] [ARGS=...]"; exit 2; }
-	$(RUN) python -m lmc.dispatch $(STUDY) --executor $(or $(EXECUTOR),local) --jobs $(or $(JOBS),1) $(ARGS)
+	@test -n "$(STUDY)" || { echo "usage: make dispatch STUDY=<name> [SCALE=cpu|paper|smoke] [EXECUTOR=local|slurm] [JOBS=n] [ARGS=...]"; exit 2; }
+	$(RUN) python -m lmc.dispatch $(STUDY) --scale $(or $(SCALE),cpu) --executor $(or $(EXECUTOR),local) --jobs $(or $(JOBS),1) $(ARGS)
 
-# `make study STUDY=table1`: one of the paper's tables/figures (studies/studies.yaml), cell by cell.
+# `make study STUDY=table1 SCALE=paper`: one of the paper's tables/figures (studies/studies.yaml) at one scale
+# (cpu by default), cell by cell, into studies/<scale>/ and reports/<scale>/; no other scale reruns.
 study: setup
-	@test -n "$(STUDY)" || { echo "usage: make study STUDY=<name> (see studies/studies.yaml)"; exit 2; }
-	$(RUN) dvc --cd studies repro report-$(STUDY)
-	$(RUN) python -m lmc.studies_dvc --sort-lock
+	@test -n "$(STUDY)" || { echo "usage: make study STUDY=<name> [SCALE=cpu|paper|smoke] (see studies/studies.yaml)"; exit 2; }
+	$(RUN) python -m lmc.studies_dvc --repro $(STUDY) --scale $(or $(SCALE),cpu)
+
+# `make bundle PYTHON=3.12`: wheels of DVC and all it pulls in, for a bare machine with that Python (and torch)
+# but no network: the archive executor's runner installs them there (lmc/bundle.py; README: a bare machine).
+bundle: setup
+	$(RUN) python -m lmc.bundle --python $(or $(PYTHON),3.12) --out $(or $(OUT),.bundle)

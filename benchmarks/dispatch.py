@@ -1,8 +1,9 @@
-"""Wall time of one cpu-scale study through `lmc.dispatch` with 1 and with 2 local workers, each in a fresh copy
-of this repository (committed, the study's results removed so that every cell runs; the data prepared before
-the clock starts). Writes benchmarks/dispatch.txt; both runs must leave the same studies/dvc.lock bytes.
+"""Wall time of one study at one scale (cpu by default) through `lmc.dispatch` with 1 and with 2 local workers,
+each in a fresh copy of this repository (committed, the study's results at that scale removed so that every cell
+runs; the data prepared before the clock starts). Writes benchmarks/dispatch.txt; both runs must leave the same
+studies/<scale>/dvc.lock bytes.
 
-    python benchmarks/dispatch.py [--study table2]
+    python benchmarks/dispatch.py [--study table2] [--scale cpu]
 """
 import argparse
 import hashlib
@@ -17,13 +18,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lmc import studies  # noqa: E402
+from lmc.dispatch.plan import data_stages  # noqa: E402
 from tests.test_pipeline import commit, copy_repo, sh  # noqa: E402  (the tests' copy of the repository)
 
 
-def fresh_copy(where: Path, study: str) -> Path:
+def fresh_copy(where: Path, study: str, scale: str) -> Path:
     repo = copy_repo(where, {"download": False})
-    sh(repo, "git", "rm", "-rq", "--ignore-unmatch", f"studies/out/{study}")
-    commit(repo, f"without {study}'s results")
+    sh(repo, "git", "rm", "-rq", "--ignore-unmatch", str(studies.scale_dir(scale) / "out" / study))
+    commit(repo, f"without {study}'s results at {scale} scale")
     return repo
 
 
@@ -37,22 +40,28 @@ def timed(repo: Path, cmd: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--study", default="table2")
-    study = parser.parse_args().study
+    parser.add_argument("--scale", default="cpu", choices=studies.SCALES)
+    args = parser.parse_args()
+    study, scale = args.study, args.scale
+    lock = studies.dvc_file(scale).with_suffix(".lock")
+    data = data_stages(studies.load(scale, ROOT / studies.STUDIES_FILE), [study])
     rows, locks = [], {}
     with tempfile.TemporaryDirectory() as tmp:
-        runs = {"dispatch, 1 local worker": [sys.executable, "-m", "lmc.dispatch", study, "--jobs", "1"],
-                "dispatch, 2 local workers": [sys.executable, "-m", "lmc.dispatch", study, "--jobs", "2"]}
+        dispatch = [sys.executable, "-m", "lmc.dispatch", study, "--scale", scale]
+        runs = {"dispatch, 1 local worker": dispatch + ["--jobs", "1"],
+                "dispatch, 2 local workers": dispatch + ["--jobs", "2"]}
         for i, (name, cmd) in enumerate(runs.items()):
-            repo = fresh_copy(Path(tmp) / str(i), study)
-            sh(repo, "dvc", "--cd", "studies", "repro", "prepare-mnist")  # the data, outside the timing
+            repo = fresh_copy(Path(tmp) / str(i), study, scale)
+            sh(repo, "dvc", "--cd", str(studies.scale_dir(scale)), "repro", *data)  # the data, outside the timing
             seconds = timed(repo, cmd)
-            locks[name] = hashlib.md5((repo / "studies/dvc.lock").read_bytes()).hexdigest()
+            locks[name] = hashlib.md5((repo / lock).read_bytes()).hexdigest()
             rows.append(f"| {name} | {seconds:.0f} s |")
             print(rows[-1], flush=True)
     same = len(set(locks.values())) == 1
-    text = (f"# `python benchmarks/dispatch.py --study {study}` ({platform.processor() or platform.machine()}, "
-            f"{os.cpu_count()} cores; one run each)\n\n| how | wall time |\n|---|---|\n" + "\n".join(rows)
-            + f"\n\nstudies/dvc.lock identical across the runs: {same} ({', '.join(sorted(set(locks.values())))})\n")
+    text = (f"# `python benchmarks/dispatch.py --study {study} --scale {scale}` "
+            f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores; one run each)\n\n"
+            f"| how | wall time |\n|---|---|\n" + "\n".join(rows)
+            + f"\n\n{lock} identical across the runs: {same} ({', '.join(sorted(set(locks.values())))})\n")
     (ROOT / "benchmarks/dispatch.txt").write_text(text)
     print(text)
 

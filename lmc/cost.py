@@ -126,7 +126,7 @@ def report(raw: dict) -> str:
     lines += [f"| {d} | {p} | {r.flops / 1e12:g} | {1e3 * r.step_floor:g} | {r.where} |" for (d, p), r in RATES.items()]
     names = list(raw["studies"])
     lines += ["", "## Paper scale, one H100, per training precision", "",
-              "The paper's settings (`scale: paper` in studies/studies.yaml), every cell of every study, trunks left "
+              "The paper's settings (the paper scale: studies/paper), every cell of every study, trunks left "
               "out (a spawn study's trunk is a fraction of one cell).", "",
               "| study | cells | PFLOP (training and evaluation) | fp32 hours | tf32 hours | bf16 hours |", "|---|---|---|---|---|---|"]
     totals = dict.fromkeys(PRECISIONS, 0.0)

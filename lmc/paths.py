@@ -19,15 +19,14 @@ LAYERWISE_LAYERS = Path("reports/layerwise.csv")
 # The numeric environment each computing stage ran in (lmc/numerics.py): tracked by git, not DVC, since it
 # differs between machines that compute the same bytes; a reproduction check reads it when bytes differ.
 NUMERICS = Path("reports/numerics.json")
-STUDY_NUMERICS_DIR = Path("studies/numerics")  # one file per study stage: <stage>.json
 # Training's progress while a stage runs (lmc/resume.py): git-ignored, never a DVC output, removed when done.
 RESUME_DIR = Path("data/.resume")
 STUDY_RESUME_DIR = Path("studies/.resume")
 
 
 def repro(stage: str, force: bool = False) -> str:
-    """The command that (re)builds `stage`, as a user types it at the repository root; `studies:<name>` is a
-    stage of the studies' own DVC project (studies/)."""
+    """The command that (re)builds `stage`, as a user types it at the repository root; `<folder>:<name>` is a
+    stage of the pipeline in that folder (studies/<scale>: the studies at one scale)."""
     project, _, name = stage.rpartition(":")
     return f"dvc {f'--cd {project} ' if project else ''}repro {'-f ' if force else ''}{name}"
 

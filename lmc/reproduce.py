@@ -1,12 +1,12 @@
 """The reproduction check: after `dvc repro -f`, compare the results with the committed ones and explain.
 
     python -m lmc.reproduce                 # the default experiment (make check-repro reruns it first)
-    python -m lmc.reproduce --project studies
+    python -m lmc.reproduce --project studies/cpu    # one scale of the studies
     python -m lmc.reproduce --against REF   # another commit than HEAD
 
 Exit 0 when every output recorded in the committed dvc.lock has the same bytes here. Otherwise exit 1 with a
 report: which outputs changed, how far each metric moved, and how the numeric environment that made the
-results here (reports/numerics.json, studies/numerics/) differs from the one recorded with the committed
+results here (reports/numerics.json, studies/<scale>/numerics/) differs from the one recorded with the committed
 results, with what that means (lmc/numerics.py). It never compares the environment records themselves.
 """
 from __future__ import annotations
@@ -85,7 +85,7 @@ def explain(old: dict | None, new: dict | None) -> str:
 
 
 def check(project: Path, ref: str) -> tuple[bool, str]:
-    """(reproduced, report) for one DVC project (the repository root, or studies/)."""
+    """(reproduced, report) for one pipeline (the repository root, or a scale of the studies: studies/<scale>)."""
     lock_path = project / "dvc.lock"
     old, new = lock_outputs(committed(ref, lock_path)), lock_outputs(lock_path.read_text() if lock_path.exists() else None)
     if not old:
@@ -161,7 +161,7 @@ def relock_report(ref: str, results: list[Path], title: str) -> str:
 def _record_path(project: Path, stage: str) -> Path:
     if project.resolve() == Path(".").resolve():
         return paths.NUMERICS
-    return paths.STUDY_NUMERICS_DIR / f"{stage}.json"
+    return project / "numerics" / f"{stage}.json"  # a scale of the studies (lmc.studies.numerics_record)
 
 
 def _load(text: str | None) -> dict:
@@ -173,13 +173,13 @@ def _load(text: str | None) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lmc.reproduce", description=__doc__.splitlines()[0])
-    parser.add_argument("--project", default=".", help="the DVC project to check: . (default) or studies")
+    parser.add_argument("--project", default=".", help="the pipeline to check: . (default) or studies/<scale>")
     parser.add_argument("--against", default="HEAD", help="the commit whose results are the reference")
     parser.add_argument("--relock-report", metavar="FILE",
                         help="instead of checking, write how every barrier moved against --against (a relock)")
     args = parser.parse_args(argv)
     if args.relock_report:
-        results = [paths.METRICS] + sorted(Path("studies/out").glob("*/*.json"))
+        results = [paths.METRICS] + sorted(Path("studies").glob("*/out/*/*.json"))
         text = relock_report(args.against, results, f"Relock against {args.against}: how the barriers moved")
         Path(args.relock_report).write_text(text)
         print(text.split("\n\n")[1])

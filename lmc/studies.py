@@ -5,7 +5,11 @@ then the study's `base`, then one value of each axis, then an explicit `cells.<i
 then the scale's `overrides`. Any value but `dataset` may be given per scale as {cpu: ..., paper: ...} (the
 scale's `datasets` mapping says what each scale trains on); a scale with `like: <scale>` takes that scale's
 value where it names none of its own. A whole axis value may be given per scale too: a scale it does not
-name has no such cell. lmc/studies_dvc.py turns the file into studies/dvc.yaml.
+name has no such cell. lmc/studies_dvc.py turns the file into one pipeline per scale, studies/<scale>/dvc.yaml.
+
+Every scale keeps its results apart, side by side: studies/<scale>/ holds its dvc.yaml and dvc.lock, its
+datasets (data/), trunks (trunk/), cell results (out/) and numeric records (numerics/); its reports are
+reports/<scale>/<study>.{md,csv,png}. One DVC project (studies/, one cache) holds every scale.
 """
 from __future__ import annotations
 
@@ -20,11 +24,8 @@ import yaml
 
 from .spec import Spec, SpecError, spec_from_dict
 
-STUDIES_FILE = Path("studies/studies.yaml")
-DVC_FILE = Path("studies/dvc.yaml")
-DATA_DIR = Path("studies/data")
-OUT_DIR = Path("studies/out")
-TRUNK_DIR = Path("studies/trunk")
+ROOT = Path("studies")  # the studies' own DVC project: one cache, one pipeline per scale below it
+STUDIES_FILE = ROOT / "studies.yaml"
 REPORTS_DIR = Path("reports")
 SCALES = ("cpu", "paper", "smoke")  # the scales a per-scale value may name; cpu and paper are required
 REQUIRED_SCALES = ("cpu", "paper")
@@ -45,25 +46,30 @@ class Cell:
 FIGURE_Y = ("barrier", "normalized_barrier")
 
 
-def load(path: Path = STUDIES_FILE) -> dict:
-    """The studies file, its structure checked (each cell's values are checked by `resolve`)."""
+def load(scale: str = "cpu", path: Path = STUDIES_FILE) -> dict:
+    """The studies file, its structure checked (each cell's values are checked by `resolve`), seen at `scale`
+    (raw["scale"]: the scale that `cells`, `resolve` and the paths below serve)."""
     if not path.exists():
         raise SpecError(f"studies: {path} not found; run from the repository root")
     raw = yaml.safe_load(path.read_text())
     defined = [s for s in SCALES if s in (raw.get("scales") or {})] if isinstance(raw, dict) else []
-    if not isinstance(raw, dict) or raw.get("scale") not in defined:
-        raise SpecError(f"studies: scale={raw.get('scale') if isinstance(raw, dict) else None!r} in {path} "
-                        f"is not allowed; choose one of {', '.join(defined or SCALES)}")
+    if not isinstance(raw, dict) or "scale" in raw:
+        raise SpecError(f"studies: {path} must be a mapping without a top-level `scale:` (every scale has its own "
+                        f"pipeline now: name one with --scale or SCALE=)")
     missing_scales = [s for s in REQUIRED_SCALES if s not in defined]
     if missing_scales:
         raise SpecError(f"studies: {path} defines no scale(s) {', '.join(missing_scales)} under `scales:`")
-    for name, scale in raw["scales"].items():
+    if scale not in defined:
+        raise SpecError(f"studies: scale {scale!r} is not defined in {path}; choose one of "
+                        f"{', '.join(defined or SCALES)}")
+    raw["scale"] = scale
+    for name, entry in raw["scales"].items():
         if name not in SCALES:
             raise SpecError(f"studies: unknown scale '{name}' under `scales:`; the scales are {', '.join(SCALES)}")
-        unknown, like = set(scale) - SCALE_KEYS, scale.get("like")
+        unknown, like = set(entry) - SCALE_KEYS, entry.get("like")
         if unknown or (like is not None and (like not in defined or like == name)):
             raise SpecError(f"studies: scale {name} has unknown key(s) or `like:` "
-                            f"{', '.join(sorted(unknown)) or scale.get('like')}; it may hold "
+                            f"{', '.join(sorted(unknown)) or entry.get('like')}; it may hold "
                             f"{', '.join(sorted(SCALE_KEYS))} (`like:` one of the other scales)")
     for name, study in raw.get("studies", {}).items():
         if not SLUG.match(name):
@@ -173,8 +179,50 @@ def datasets_used(raw: dict) -> list[str]:
     return sorted({paper_dataset(raw, c) for s in study_names(raw) for c in cells(raw, s)})
 
 
-def cell_output(study: str, cell_id: str) -> Path:
-    return OUT_DIR / study / f"{cell_id}.json"
+def scale_dir(scale: str) -> Path:
+    """One scale's pipeline: its dvc.yaml and dvc.lock, data/, trunk/, out/ and numerics/."""
+    return ROOT / scale
+
+
+def dvc_file(scale: str) -> Path:
+    return scale_dir(scale) / "dvc.yaml"
+
+
+def cell_output(scale: str, study: str, cell_id: str) -> Path:
+    return scale_dir(scale) / "out" / study / f"{cell_id}.json"
+
+
+def numerics_record(scale: str, stage: str) -> Path:
+    """The numeric environment a study stage ran in (lmc/numerics.py): git-tracked, not a DVC output."""
+    return scale_dir(scale) / "numerics" / f"{stage}.json"
+
+
+def notes_path(scale: str, study: str) -> Path:
+    """What a study's results at `scale` mean, written by hand; appended to its report."""
+    return scale_dir(scale) / "notes" / f"{study}.md"
+
+
+def cpu_cells(raw: dict, study: str) -> list[str]:
+    """The cells of `study` that the cpu scale has too (a report at another scale shows their cpu results)."""
+    if raw["scale"] == "cpu":
+        return []
+    there = {c.id for c in cells({**raw, "scale": "cpu"}, study)}
+    return [c.id for c in cells(raw, study) if c.id in there]
+
+
+def missing_cpu_results(raw: dict, study: str) -> None:
+    """Refuse, in one line and before any work, a study at a scale other than cpu whose report would find the
+    cpu results of its cells missing (the report shows them beside its own, and never reruns them)."""
+    missing = [p for p in (cell_output("cpu", study, c) for c in cpu_cells(raw, study)) if not p.exists()]
+    if missing:
+        raise SpecError(f"studies: {study}'s {raw['scale']}-scale report shows the cpu scale's results beside its "
+                        f"own, and {len(missing)} are missing ({missing[0]}); run `make study STUDY={study}` "
+                        f"(cpu scale) first")
+
+
+def report_path(scale: str, study: str) -> Path:
+    """A study's report at a scale, without suffix (.md, .csv, .png)."""
+    return REPORTS_DIR / scale / study
 
 
 def has_shared_trunk(raw: dict, study: str) -> bool:
@@ -191,8 +239,12 @@ def trunk_key(spec: Spec) -> dict:
     return {k: v for k, v in spec.record().items() if k not in _NOT_TRUNK}
 
 
-def trunk_path(study: str, step: int) -> Path:
-    return TRUNK_DIR / study / f"step{step}.pt"
+def trunk_dir(scale: str, study: str) -> Path:
+    return scale_dir(scale) / "trunk" / study
+
+
+def trunk_path(scale: str, study: str, step: int) -> Path:
+    return trunk_dir(scale, study) / f"step{step}.pt"
 
 
 def trunk_plan(raw: dict, study: str) -> tuple[Spec, list[int]]:
@@ -207,9 +259,9 @@ def trunk_plan(raw: dict, study: str) -> tuple[Spec, list[int]]:
     return specs[0], sorted({s.spawn_step for s in specs if s.spawn_step > 0})
 
 
-def data_paths(dataset: str) -> dict[str, Path]:
-    """The studies' copy of a (paper-named) dataset: its fingerprint and its two .beton files."""
-    d = DATA_DIR / dataset
+def data_paths(scale: str, dataset: str) -> dict[str, Path]:
+    """A scale's copy of a (paper-named) dataset: its fingerprint and its two .beton files."""
+    d = scale_dir(scale) / "data" / dataset
     return {"source": d / "source.json", "train": d / "train.beton", "test": d / "test.beton"}
 
 
@@ -218,14 +270,27 @@ def scaled_dataset(raw: dict, dataset: str) -> str:
     return raw["scales"][raw["scale"]].get("datasets", {}).get(dataset, dataset)
 
 
+def stage_args(*names: str, argv: list[str] | None = None) -> argparse.Namespace:
+    """A study stage's command line: `names` positionally, then `--scale <scale>` (studies/<scale>/dvc.yaml
+    writes it into every command)."""
+    parser = argparse.ArgumentParser()
+    for name in names:
+        parser.add_argument(name)
+    parser.add_argument("--scale", required=True, choices=SCALES)
+    return parser.parse_args(argv)
+
+
 def stage_target(spec: Spec, argv: list[str] | None = None) -> tuple[str, dict[str, Path]]:
     """For the source and prepare stages: (dataset, output paths) of the default pipeline, or with
-    `--study-dataset NAME` those of the studies' copy of NAME at the studies' scale."""
+    `--study-dataset NAME --scale S` those of scale S's copy of NAME."""
     from . import paths
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--study-dataset", help="serve the studies' copy of this (paper-named) dataset")
+    parser.add_argument("--study-dataset", help="serve a scale's copy of this (paper-named) dataset")
+    parser.add_argument("--scale", choices=SCALES, help="the scale whose copy (with --study-dataset)")
     args = parser.parse_args(argv)
     if args.study_dataset is None:
         return spec.dataset, {"source": paths.SOURCE, **paths.BETONS}
-    return scaled_dataset(load(), args.study_dataset), data_paths(args.study_dataset)
+    if args.scale is None:
+        raise SpecError("studies: --study-dataset needs --scale (the scale whose copy to serve)")
+    return scaled_dataset(load(args.scale), args.study_dataset), data_paths(args.scale, args.study_dataset)

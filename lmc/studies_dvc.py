@@ -1,14 +1,19 @@
-"""studies/dvc.yaml, generated from studies/studies.yaml: `python -m lmc.studies_dvc`; and studies/dvc.lock put in
-that file's order: `python -m lmc.studies_dvc --sort-lock`.
+"""studies/<scale>/dvc.yaml, one pipeline per scale, generated from studies/studies.yaml:
+`python -m lmc.studies_dvc`; and each studies/<scale>/dvc.lock put in its file's order:
+`python -m lmc.studies_dvc --sort-lock`.
 
 studies/ is a DVC project of its own (`dvc init --subdir`), so that the default experiment's `dvc exp show`
-and `dvc exp run` never see its hundreds of stages. Paths are written relative to studies/ (a stage whose
-wdir lies outside its project cannot use DVC's run-cache); the commands `cd ..` to the repository root.
+and `dvc exp run` never see its hundreds of stages. Each scale's stages live in studies/<scale>/dvc.yaml with
+their own lock, outputs and reports, so that running one scale never reruns or rewrites another's. Paths are
+written relative to that file (a stage whose wdir lies outside its project cannot use DVC's run-cache); the
+commands `cd ../..` to the repository root.
 
 Per dataset a `source-*` and a `prepare-*` stage, per study with `shared_trunk` a `trunk-*` stage, per cell
 one stage whose params are exactly the entries that define it (so editing one cell reruns only that cell),
 per study one `report-*` stage. Cells depend on the code that computes them, not on this generator, so
-changing how the file is written reruns nothing.
+changing how the file is written reruns nothing. A report at a scale other than cpu reads the cpu scale's
+results of the same cells (its third column): run it with `dvc repro --single-item`, as `make study` and the
+dispatcher do, so that it never reruns a cpu cell.
 """
 from __future__ import annotations
 
@@ -19,44 +24,35 @@ from pathlib import Path
 import yaml
 
 from .io import write_text_atomic
+from .spec import SpecError
 from .stage import entry
-from .studies import (CODE, DVC_FILE, REPORTS_DIR, STUDIES_FILE, TRUNK_DIR, cell_output, cells, data_paths,
-                      datasets_used, has_shared_trunk, load, paper_dataset, resolve, scale_names, study_names,
-                      trunk_plan)
+from .studies import (CODE, SCALES, STUDIES_FILE, cell_output, cells, cpu_cells, data_paths, datasets_used,
+                      dvc_file, has_shared_trunk, load, missing_cpu_results, notes_path, paper_dataset, report_path,
+                      resolve, scale_dir, scale_names, stage_args, study_names, trunk_dir, trunk_plan)
 
 
-def _here(path) -> str:
-    """A repository path as the studies project names it (relative to studies/)."""
-    return os.path.relpath(path, DVC_FILE.parent)
-
-
-NOTES_DIR = Path("studies/notes")  # <study>.md: what a study's results mean, by hand; appended to its report
-
-
-def notes_path(study: str) -> Path:
-    return NOTES_DIR / f"{study}.md"
-
-
-SCALE_PARAMS = ["scale", "scales.${scale}"]  # DVC interpolates ${scale} from `vars` (studies.yaml's `scale`)
-
-
-def _cmd(args: str) -> str:
-    return f"cd .. && python -m {args}"  # stages run from the repository root, where lmc/ is importable
+def _cmd(args: str, scale: str) -> str:
+    return f"cd ../.. && python -m {args} --scale {scale}"  # from the repository root, where lmc/ is importable
 
 
 def generate(raw: dict) -> str:
-    """The text of studies/dvc.yaml (paths relative to studies/; the commands run from the repository root)."""
-    code = lambda *extra: [_here(p) for p in CODE + list(extra)]  # noqa: E731
+    """The text of studies/<scale>/dvc.yaml for raw's scale (paths relative to that file's folder; the commands
+    run from the repository root)."""
+    scale = raw["scale"]
+    here = lambda path: os.path.relpath(path, scale_dir(scale))  # noqa: E731
+    code = lambda *extra: [here(p) for p in CODE + list(extra)]  # noqa: E731
+    scale_params = [f"scales.{scale}"]  # a new list at each use below (yaml would write anchors for one)
+    studies_yaml = here(STUDIES_FILE)
     stages = {}
     for ds in datasets_used(raw):
-        p = {k: _here(v) for k, v in data_paths(ds).items()}
+        p = {k: here(v) for k, v in data_paths(scale, ds).items()}
         stages[f"source-{ds}"] = {
-            "cmd": _cmd(f"stages.source --study-dataset {ds}"), "always_changed": True,
+            "cmd": _cmd(f"stages.source --study-dataset {ds}", scale), "always_changed": True,
             "deps": code("lmc/data.py", "lmc/datasets.py", "lmc/studies.py", "stages/source.py"),
-            "params": [{"../params.yaml": ["data_root", "download"]}, {"studies.yaml": list(SCALE_PARAMS)}],
+            "params": [{here("params.yaml"): ["data_root", "download"]}, {studies_yaml: list(scale_params)}],
             "outs": [{p["source"]: {"cache": False}}]}
         stages[f"prepare-{ds}"] = {
-            "cmd": _cmd(f"stages.prepare --study-dataset {ds}"),
+            "cmd": _cmd(f"stages.prepare --study-dataset {ds}", scale),
             "deps": [p["source"]] + code("lmc/data.py", "lmc/datasets.py", "lmc/studies.py", "stages/prepare.py"),
             "outs": [p["train"], p["test"]]}
     train_code = ["lmc/data.py", "lmc/augment.py", "lmc/models.py", "lmc/resume.py", "lmc/train.py", "lmc/device.py"]
@@ -64,50 +60,54 @@ def generate(raw: dict) -> str:
         outs = []
         trunk = []
         if has_shared_trunk(raw, study):
-            p = data_paths(paper_dataset(raw, cells(raw, study)[0]))
-            trunk = [_here(TRUNK_DIR / study)]
+            p = data_paths(scale, paper_dataset(raw, cells(raw, study)[0]))
+            trunk = [here(trunk_dir(scale, study))]
             stages[f"trunk-{study}"] = {
-                "cmd": _cmd(f"stages.trunk {study}"),
-                "deps": [_here(p["train"])] + code(*train_code, "lmc/studies.py", "stages/trunk.py"),
-                "params": [{"studies.yaml": SCALE_PARAMS + [f"studies.{study}.base", f"studies.{study}.axes"]
+                "cmd": _cmd(f"stages.trunk {study}", scale),
+                "deps": [here(p["train"])] + code(*train_code, "lmc/studies.py", "stages/trunk.py"),
+                "params": [{studies_yaml: scale_params + [f"studies.{study}.base", f"studies.{study}.axes"]
                             + ([f"studies.{study}.cells"] if "cells" in raw["studies"][study] else [])}],
                 "outs": trunk}
         for cell in cells(raw, study):
-            p = data_paths(paper_dataset(raw, cell))
-            out = _here(cell_output(study, cell.id))
+            p = data_paths(scale, paper_dataset(raw, cell))
+            out = here(cell_output(scale, study, cell.id))
             outs.append(out)
             stages[f"{study}-{cell.id}"] = {
-                "cmd": _cmd(f"stages.cell {study} {cell.id}"),
-                "deps": [_here(p["train"]), _here(p["test"])] + trunk + code(*train_code, *(
+                "cmd": _cmd(f"stages.cell {study} {cell.id}", scale),
+                "deps": [here(p["train"]), here(p["test"])] + trunk + code(*train_code, *(
                     "lmc/align.py", "lmc/connectivity.py", "lmc/report.py", "lmc/api.py", "lmc/studies.py",
                     "stages/cell.py")),
-                "params": [{"studies.yaml": SCALE_PARAMS + cell.param_keys}],
+                "params": [{studies_yaml: scale_params + cell.param_keys}],
                 "outs": [{out: {"cache": False}}]}
+        if not outs:
+            continue  # no cell at this scale: no report
+        notes = notes_path(scale, study)
         stages[f"report-{study}"] = {
-            "cmd": _cmd(f"stages.study_report {study}"),
-            "deps": outs + code("lmc/report.py", "lmc/studies.py", "lmc/study_report.py", "stages/study_report.py")
-            + ([_here(notes_path(study))] if notes_path(study).exists() else []),
-            "params": [{"studies.yaml": [f"studies.{study}"]}],
-            "outs": [{_here(REPORTS_DIR / f"{study}{ext}"): {"cache": False}} for ext in (".md", ".csv", ".png")]}
-    header = ("# GENERATED by `python -m lmc.studies_dvc` from studies/studies.yaml: edit that file, not this one.\n"
-              "# The studies' own DVC project: `dvc --cd studies repro report-<study>` (or `dvc repro` in studies/).\n")
-    # `vars` makes the file's scale a template variable: a stage depends on its own scale's entry alone, so
-    # editing another scale (or adding one) reruns nothing here.
-    return header + yaml.safe_dump({"vars": [f"{STUDIES_FILE.name}:scale"], "stages": stages}, sort_keys=False,
-                                   width=120)
+            "cmd": _cmd(f"stages.study_report {study}", scale),
+            "deps": outs + [here(cell_output("cpu", study, c)) for c in cpu_cells(raw, study)]
+            + code("lmc/report.py", "lmc/studies.py", "lmc/study_report.py", "stages/study_report.py")
+            + ([here(notes)] if notes.exists() else []),
+            "params": [{studies_yaml: [f"studies.{study}"]}],
+            "outs": [{here(report_path(scale, study).with_suffix(ext)): {"cache": False}}
+                     for ext in (".md", ".csv", ".png")]}
+    header = (f"# GENERATED by `python -m lmc.studies_dvc` from studies/studies.yaml: edit that file, not this one.\n"
+              f"# The studies at {scale} scale: `make study STUDY=<study> SCALE={scale}`, or "
+              f"`python -m lmc.dispatch <study> --scale {scale}`.\n")
+    return header + yaml.safe_dump({"stages": stages}, sort_keys=False, width=120)
 
 
-def sort_lock(lock_file: Path = DVC_FILE.with_suffix(".lock")) -> None:
-    """Order studies/dvc.lock's entries as studies/dvc.yaml orders its stages (a dependency order), in DVC's own
-    format, atomically. DVC appends a stage it records for the first time, and its planner walks a small part
-    of the pipeline in the order of a Python set (networkx iterates a subgraph's node set when it is under half
-    the graph): two sequential runs of the same new cells can write their entries in different orders. The
-    dispatcher and `make study` keep this one order instead, whatever ran first."""
+def sort_lock(scale: str) -> None:
+    """Order studies/<scale>/dvc.lock's entries as its dvc.yaml orders its stages (a dependency order), in
+    DVC's own format, atomically. DVC appends a stage it records for the first time, and its planner walks a
+    small part of the pipeline in the order of a Python set (networkx iterates a subgraph's node set when it
+    is under half the graph): two sequential runs of the same new cells can write their entries in different
+    orders. The dispatcher and `make study` keep this one order instead, whatever ran first."""
     from dvc.utils.serialize import dump_yaml, load_yaml
+    lock_file = dvc_file(scale).with_suffix(".lock")
     if not lock_file.exists():
         return
     lock = load_yaml(lock_file)
-    order = {name: i for i, name in enumerate(yaml.safe_load(DVC_FILE.read_text())["stages"])}
+    order = {name: i for i, name in enumerate(yaml.safe_load(dvc_file(scale).read_text())["stages"])}
     entries = lock["stages"]
     ordered = sorted(entries, key=lambda name: (order.get(name, len(order)), list(entries).index(name)))
     if ordered == list(entries):
@@ -118,20 +118,48 @@ def sort_lock(lock_file: Path = DVC_FILE.with_suffix(".lock")) -> None:
     os.replace(tmp, lock_file)
 
 
+def repro(study: str, scale: str) -> None:
+    """`make study STUDY=<study> SCALE=<scale>`: the study's trunk and cells through `dvc repro` (with the data
+    they read), then its report with `--single-item` (a report at another scale than cpu reads the cpu results
+    as they are: it never reruns a cpu cell), and the lock in its file's order."""
+    import subprocess
+    raw = load(scale)
+    if not cells(raw, study):
+        raise SpecError(f"studies: {study} has no cell at {scale} scale (studies/studies.yaml)")
+    missing_cpu_results(raw, study)
+    work = ([f"trunk-{study}"] if has_shared_trunk(raw, study) else []) + [f"{study}-{c.id}" for c in cells(raw, study)]
+    bin_dir = Path(sys.executable).absolute().parent  # the stages' `python` is this environment's too
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    for args in (["repro", *work], ["repro", "--single-item", f"report-{study}"]):
+        if subprocess.run([str(bin_dir / "dvc"), *args], cwd=scale_dir(scale), env=env).returncode:
+            raise SpecError(f"studies: `dvc {' '.join(args[:3])} ...` failed in {scale_dir(scale)} (above)")
+    sort_lock(scale)
+
+
 @entry
 def main() -> None:
-    if sys.argv[1:] == ["--sort-lock"]:
-        return sort_lock()
     raw = load()
+    if sys.argv[1:] == ["--sort-lock"]:
+        for scale in scale_names(raw):
+            sort_lock(scale)
+        return
+    if sys.argv[1:2] == ["--repro"]:
+        args = stage_args("study", argv=sys.argv[2:])
+        return repro(args.study, args.scale)
     for study in study_names(raw):  # every cell must resolve at every scale before anything is written
         for scale in scale_names(raw):
             for cell in cells({**raw, "scale": scale}, study):
                 resolve(raw, cell, scale)
             if has_shared_trunk(raw, study):
                 trunk_plan({**raw, "scale": scale}, study)
-    write_text_atomic(DVC_FILE, generate(raw))
-    print(f"wrote {DVC_FILE}: {sum(len(cells(raw, s)) for s in study_names(raw))} cells in "
-          f"{len(study_names(raw))} studies")
+    for gone in (s for s in SCALES if s not in scale_names(raw) and dvc_file(s).exists()):
+        dvc_file(gone).unlink()  # a scale no longer defined: DVC must not collect its stale stages
+        print(f"removed {dvc_file(gone)}: scale {gone} is not in {STUDIES_FILE} any more (its results stay)")
+    for scale in scale_names(raw):
+        at = {**raw, "scale": scale}
+        write_text_atomic(dvc_file(scale), generate(at))
+        print(f"wrote {dvc_file(scale)}: {sum(len(cells(at, s)) for s in study_names(at))} cells in "
+              f"{sum(bool(cells(at, s)) for s in study_names(at))} studies")
 
 
 if __name__ == "__main__":

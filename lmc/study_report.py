@@ -1,4 +1,5 @@
-"""A study's report: its cells' results beside the paper's numbers (markdown, CSV) and a figure."""
+"""A study's report: its cells' results beside the paper's numbers (markdown, CSV) and a figure; at any scale
+but cpu, beside the cpu scale's results too."""
 from __future__ import annotations
 
 import json
@@ -7,15 +8,31 @@ import pandas as pd
 from scipy import stats
 
 from . import studies
+from .spec import SpecError
 from .report import THRESHOLD, pair_metrics, save_figure
-from .studies_dvc import notes_path
 
 SPLITS = ("test", "train")  # the paper's order: Test / Train
 
 
 def _results(raw: dict, study: str):
     for cell in studies.cells(raw, study):
-        yield cell, json.loads(studies.cell_output(study, cell.id).read_text())
+        yield cell, json.loads(studies.cell_output(raw["scale"], study, cell.id).read_text())
+
+
+def _cpu_result(study: str, cell_id: str) -> dict:
+    path = studies.cell_output("cpu", study, cell_id)
+    if not path.exists():
+        raise SpecError(f"studies: {path} is missing, and this report shows the cpu scale beside its own; run "
+                        f"`make study STUDY={study}` (cpu scale) or restore it from git")
+    return json.loads(path.read_text())
+
+
+def missing_datasets(raw: dict, study: str) -> list[str]:
+    """The paper's datasets of `study` that this scale has no cell for."""
+    here = {studies.paper_dataset(raw, c) for c in studies.cells(raw, study)}
+    paper = {studies.paper_dataset({**raw, "scale": "paper"}, c) for c in studies.cells({**raw, "scale": "paper"},
+                                                                                           study)}
+    return sorted(paper - here)
 
 
 def pair_frame(raw: dict, study: str) -> pd.DataFrame:
@@ -31,6 +48,7 @@ def pair_frame(raw: dict, study: str) -> pd.DataFrame:
 def cell_frame(raw: dict, study: str) -> pd.DataFrame:
     """One row per cell: its axis labels, its resolved spec, status, metrics and the paper's numbers."""
     s = raw["studies"][study]
+    at_cpu = set(studies.cpu_cells(raw, study))
     rows = []
     for cell, result in _results(raw, study):
         paper = s.get("paper", {}).get(cell.id)
@@ -40,6 +58,12 @@ def cell_frame(raw: dict, study: str) -> pd.DataFrame:
                "paper_acc_test": s.get("paper_accuracy", {}).get(cell.id)}
         for i, split in enumerate(SPLITS):
             row[f"paper_barrier_{split}"] = paper[i] / 100 if isinstance(paper, list) else None
+        if raw["scale"] != "cpu":  # the same cell at cpu scale, where it has one
+            cpu = _cpu_result(study, cell.id) if cell.id in at_cpu else None
+            row["cpu_status"] = cpu["status"] if cpu else None
+            for split in SPLITS:
+                row[f"cpu_barrier_{split}"] = cpu["metrics"].get(f"barrier_{split}") if cpu else None
+            row["cpu_acc_test"] = cpu["metrics"].get("acc_test_a") if cpu else None
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -67,10 +91,22 @@ def markdown(raw: dict, study: str, frame: pd.DataFrame) -> str:
     axes = list(s.get("axes", {}))
     has_paper = frame["paper_status"].notna().any()
     has_acc = frame["paper_acc_test"].notna().any()
+    at_cpu = "cpu_status" in frame
     lines = [f"# {s['title']}", "", f"Scale: **{raw['scale']}** (`studies/studies.yaml`). "
              f"Paper's finding: {s['finding']}", "",
              "Barriers in %, test / train (the paper's order). Normalized = barrier / mean test accuracy of A "
              "and B (eq. 2). \"unstable\": a twin's loss turned non-finite (the paper's ∗)."]
+    missing = missing_datasets(raw, study)
+    if missing:
+        mapped = sorted(set(raw["scales"][raw["scale"]].get("datasets", {}).values()))
+        lines += ["", f"Not at this scale: the paper's {', '.join(missing)} cells. The {raw['scale']} scale "
+                  + (f"trains on {', '.join(mapped)} only (machines without a network cannot download the "
+                     f"others)" if mapped else "has no cell on them")
+                  + "; they run at paper scale."]
+    if at_cpu:
+        lines += ["", "Three numbers per cell: the paper's, ours at this scale, and ours at cpu scale (the bundled "
+                  "MNIST subset, short runs: each cell's settings are in `reports/cpu/<study>.csv`), which does "
+                  "not predict this scale's (README: every scale side by side)."]
     if has_paper:
         lines.append(f"⚠ marks a cell where ours and the paper's fall on different sides of the "
                      f"{THRESHOLD:.0%} line (either split), or where only one of the two diverged.")
@@ -90,8 +126,10 @@ def markdown(raw: dict, study: str, frame: pd.DataFrame) -> str:
         head += ["cross-init test / train"]
     if has_paper:
         head += ["paper test / train", ""]
+    if at_cpu:
+        head += ["cpu scale test / train"]
     if has_acc:
-        head += ["paper test acc"]
+        head += ["paper test acc"] + (["cpu scale test acc A"] if at_cpu else [])
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, row in frame.iterrows():
         cells = [str(row[a]) for a in axes]
@@ -116,9 +154,15 @@ def markdown(raw: dict, study: str, frame: pd.DataFrame) -> str:
             else:
                 cells.append(f"{_pct(row['paper_barrier_test'])} / {_pct(row['paper_barrier_train'])}")
             cells.append(_flag(row))
+        if at_cpu:
+            cpu = row["cpu_status"]
+            cells.append("–" if cpu is None or pd.isna(cpu) else "unstable" if cpu != "ok" else
+                         f"{_pct(row['cpu_barrier_test'])} / {_pct(row['cpu_barrier_train'])}")
         if has_acc:
             acc = row["paper_acc_test"]
             cells.append("–" if acc is None or pd.isna(acc) else f"{acc:.2f}")
+            if at_cpu:
+                cells.append(_pct(row["cpu_acc_test"]) if row["cpu_status"] == "ok" else "–")
         lines.append("| " + " | ".join(cells) + " |")
     ok = frame[frame["status"] == "ok"]
     connected = ((ok["barrier_test"] < THRESHOLD) & (ok["barrier_train"] < THRESHOLD)).sum()
@@ -126,8 +170,8 @@ def markdown(raw: dict, study: str, frame: pd.DataFrame) -> str:
               f"{len(ok) - connected} not, {len(frame) - len(ok)} unstable."]
     if has_paper:
         lines.append(f"{(frame.apply(_flag, axis=1) == '⚠').sum()} cells flagged ⚠.")
-    notes = notes_path(study)
-    if notes.exists():  # written by hand against these results (studies/notes/<study>.md)
+    notes = studies.notes_path(raw["scale"], study)
+    if notes.exists():  # written by hand against these results (studies/<scale>/notes/<study>.md)
         lines += ["", notes.read_text().rstrip()]
     return "\n".join(lines) + "\n"
 

@@ -1,6 +1,6 @@
-"""cell: one study cell, a whole twin experiment -> studies/out/<study>/<cell>.json.
+"""cell: one study cell, a whole twin experiment -> studies/<scale>/out/<study>/<cell>.json.
 
-    python -m stages.cell <study> <cell-id>
+    python -m stages.cell <study> <cell-id> --scale <scale>
 """
 import json
 import math
@@ -29,29 +29,30 @@ def _finite(value):
 
 @entry
 def main() -> None:
-    study, cell_id = sys.argv[1:3]
-    raw = studies.load()
-    if studies.DVC_FILE.read_text() != studies_dvc.generate(raw):
-        raise SpecError(f"studies: {studies.DVC_FILE} is stale for {studies.STUDIES_FILE}; "
+    args = studies.stage_args("study", "cell_id")
+    study, cell_id, scale = args.study, args.cell_id, args.scale
+    raw = studies.load(scale)
+    dvc_file = studies.dvc_file(scale)
+    if not dvc_file.exists() or dvc_file.read_text() != studies_dvc.generate(raw):
+        raise SpecError(f"studies: {dvc_file} is stale for {studies.STUDIES_FILE}; "
                         f"run `python -m lmc.studies_dvc`, then repro again")
     cell = studies.find_cell(raw, study, cell_id)
     spec = studies.resolve(raw, cell)
-    data_files = studies.data_paths(studies.paper_dataset(raw, cell))
+    data_files = studies.data_paths(scale, studies.paper_dataset(raw, cell))
     trunk = None
     if studies.has_shared_trunk(raw, study) and spec.spawn_step:
-        trunk = train.load_snapshot(studies.trunk_path(study, spec.spawn_step), studies.trunk_key(spec),
-                                    stage=f"studies:trunk-{study}")
-    resume = Resume(study_dir(paths.STUDY_RESUME_DIR) / f"{study}-{cell_id}.pt",
-                    {"stage": f"{study}-{cell_id}", "spec": spec.record()})
+        trunk = train.load_snapshot(studies.trunk_path(scale, study, spec.spawn_step), studies.trunk_key(spec),
+                                    stage=f"{studies.scale_dir(scale)}:trunk-{study}")
+    resume = Resume(study_dir(paths.STUDY_RESUME_DIR) / f"{scale}-{study}-{cell_id}.pt",
+                    {"stage": f"{scale}:{study}-{cell_id}", "spec": spec.record()})
     start = time.perf_counter()
     with tqdm(total=api.experiment_work(spec), desc=f"cell {study}/{cell_id}", disable=None) as bar:
         result = api.run_experiment(spec, data_files["train"], data_files["test"], progress=bar, trunk=trunk,
                                     resume=resume)
     print(f"cell {study}/{cell_id}: {result['status']} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-    out = {"study": study, "cell": cell_id, "labels": cell.labels, "scale": raw["scale"],
-           "spec": spec.record(), **result}
-    write_text_atomic(studies.cell_output(study, cell_id), json.dumps(_finite(out), indent=1) + "\n")
-    numerics.record(paths.STUDY_NUMERICS_DIR / f"{study}-{cell_id}.json", f"{study}-{cell_id}", spec.device)
+    out = {"study": study, "cell": cell_id, "labels": cell.labels, "scale": scale, "spec": spec.record(), **result}
+    write_text_atomic(studies.cell_output(scale, study, cell_id), json.dumps(_finite(out), indent=1) + "\n")
+    numerics.record(studies.numerics_record(scale, f"{study}-{cell_id}"), f"{study}-{cell_id}", spec.device)
     resume.clear()  # the result is written: the progress that led to it is no longer needed
 
 

@@ -1,6 +1,6 @@
 """prepare: the located dataset -> data/train.beton and data/test.beton (uint8 images, labels, index).
 
-With `--study-dataset NAME` it serves the studies instead (studies/data/NAME/, the studies' scale).
+With `--study-dataset NAME --scale S` it serves the studies instead (studies/S/data/NAME/).
 """
 from tqdm import tqdm
 

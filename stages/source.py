@@ -2,7 +2,7 @@
 
 It runs on every `dvc repro` (always_changed) and writes a content fingerprint of the files; `prepare`
 depends on that fingerprint, so a changed source rebuilds the .beton files and an unchanged one does not.
-With `--study-dataset NAME` it serves the studies instead (studies/data/NAME/, the studies' scale).
+With `--study-dataset NAME --scale S` it serves the studies instead (studies/S/data/NAME/).
 """
 import json
 

@@ -1,14 +1,14 @@
 """trunk: a spawn study's shared trunk, trained once and snapshotted at every spawn_step its cells use
--> studies/trunk/<study>/step<k>.pt.
+-> studies/<scale>/trunk/<study>/step<k>.pt.
 
-    python -m stages.trunk <study>
+    python -m stages.trunk <study> --scale <scale>
 """
 import shutil
 import sys
 
 from tqdm import tqdm
 
-from lmc import data, device, models, numerics, paths, studies
+from lmc import data, device, models, numerics, studies
 from lmc.spec import SpecError
 from lmc.stage import entry
 from lmc.train import save_snapshot, train_trunks
@@ -16,11 +16,13 @@ from lmc.train import save_snapshot, train_trunks
 
 @entry
 def main() -> None:
-    study = sys.argv[1]
-    raw = studies.load()
+    args = studies.stage_args("study")
+    study, scale = args.study, args.scale
+    raw = studies.load(scale)
     spec, steps = studies.trunk_plan(raw, study)
     dev = device.select(spec)  # in the spec's numerics mode before Θ0 is drawn
-    split = data.read_split(studies.data_paths(studies.paper_dataset(raw, studies.cells(raw, study)[0]))["train"])
+    dataset = studies.paper_dataset(raw, studies.cells(raw, study)[0])
+    split = data.read_split(studies.data_paths(scale, dataset)["train"])
     inits = [models.init_model(spec, pair).state_dict() for pair in range(spec.pairs)]
     try:
         with tqdm(total=max(steps, default=0), desc=f"trunk {study}", unit="step", disable=None) as bar:
@@ -29,11 +31,10 @@ def main() -> None:
     except FloatingPointError as err:
         raise SpecError(f"studies: {study}'s shared trunk is unstable ({err}); its cells cannot branch, "
                         f"change the study's settings (a lower lr, warm-up)") from None
-    out = studies.TRUNK_DIR / study
-    shutil.rmtree(out, ignore_errors=True)  # DVC removes it before a run too; this keeps no stale step
+    shutil.rmtree(studies.trunk_dir(scale, study), ignore_errors=True)  # DVC removes it too; no stale step stays
     for step, snapshot in snapshots.items():
-        save_snapshot(studies.trunk_path(study, step), snapshot, studies.trunk_key(spec))
-    numerics.record(paths.STUDY_NUMERICS_DIR / f"trunk-{study}.json", f"trunk-{study}", spec.device)
+        save_snapshot(studies.trunk_path(scale, study, step), snapshot, studies.trunk_key(spec))
+    numerics.record(studies.numerics_record(scale, f"trunk-{study}"), f"trunk-{study}", spec.device)
     print(f"trunk {study}: {len(steps)} snapshots, steps {steps}", file=sys.stderr)
 
 

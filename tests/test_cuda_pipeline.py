@@ -7,6 +7,7 @@ Skipped without a GPU (run them through `device` when a task is lent one). `LMC_
 same tests on the CPU, which checks the tests themselves on a machine without a GPU.
 """
 import copy
+import json
 import os
 from collections import Counter
 
@@ -14,11 +15,11 @@ import pytest
 import torch
 import yaml
 
-from lmc import data, models, studies, studies_dvc
+from lmc import data, models, studies
 from lmc.spec import Spec
 from lmc.train import load_snapshot, pair_loaders, save_snapshot, train_pairs, train_trunks, train_twins
 
-from .test_pipeline import TINY, TINY_STUDIES, commit, copy_repo, ran, sh
+from .test_pipeline import TINY, TINY_STUDIES, commit, copy_repo, ran, sh, write_studies
 
 DEVICE = os.environ.get("LMC_TEST_DEVICE", "cuda")
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(),
@@ -130,15 +131,16 @@ def _gpu_studies() -> dict:
 
 def test_study_cells_trunk_and_reports_on_the_gpu_rerun_to_the_same_bytes(tmp_path):
     repo = copy_repo(tmp_path, {"download": False})
-    (repo / studies.STUDIES_FILE).write_text(yaml.safe_dump(_gpu_studies(), sort_keys=False))
-    sh(repo, "python", "-m", "lmc.studies_dvc")
+    write_studies(repo, _gpu_studies())
     commit(repo, "gpu studies")
-    out = sh(repo, "dvc", "--cd", "studies", "repro", "report-tiny", "report-tinyspawn").stdout
+    lock = studies.dvc_file("cpu").with_suffix(".lock")  # the cpu scale's pipeline, its settings on DEVICE
+    out = sh(repo, "dvc", "--cd", str(studies.scale_dir("cpu")), "repro", "report-tiny", "report-tinyspawn").stdout
     assert {"tiny-hi", "tiny-med", "trunk-tinyspawn", "tinyspawn-k3", "tinyspawn-k5"} <= set(ran(out))
-    first = outputs(repo, studies_dvc.DVC_FILE.parent / "dvc.lock")
-    assert (repo / "reports/tiny.md").exists() and (repo / "reports/tinyspawn.png").exists()
+    first = outputs(repo, lock)
+    assert json.loads((repo / studies.cell_output("cpu", "tiny", "hi")).read_text())["spec"]["device"] == DEVICE
+    assert (repo / "reports/cpu/tiny.md").exists() and (repo / "reports/cpu/tinyspawn.png").exists()
     commit(repo, "gpu results")
-    sh(repo, "dvc", "--cd", "studies", "repro", "-f", "trunk-tinyspawn", "tinyspawn-k3", "tinyspawn-k5",
-       "tiny-hi", "tiny-med", "report-tiny", "report-tinyspawn")
-    assert outputs(repo, studies_dvc.DVC_FILE.parent / "dvc.lock") == first
+    sh(repo, "dvc", "--cd", str(studies.scale_dir("cpu")), "repro", "-f", "trunk-tinyspawn", "tinyspawn-k3",
+       "tinyspawn-k5", "tiny-hi", "tiny-med", "report-tiny", "report-tinyspawn")
+    assert outputs(repo, lock) == first
     sh(repo, "git", "diff", "--exit-code", "studies", "reports")

@@ -3,6 +3,7 @@ DVC remote, each checked byte for byte against a plain sequential `dvc repro` of
 import copy
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,10 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lmc import dispatch
+from lmc.dispatch import common, plan, slurm
 
+from .bare import bare_python  # noqa: F401  (a fixture)
 from .slurm import slurm_cluster  # noqa: F401  (a fixture)
-from .test_pipeline import TINY_STUDIES, commit, copy_repo, ran, sh
+from .test_pipeline import TINY_STUDIES, commit, copy_repo, ran, sh, write_studies
 
 pytestmark = pytest.mark.e2e
 
@@ -35,18 +37,17 @@ CELLS = {"tiny-hi-sgd", "tiny-hi-adam", "tiny-med-sgd", "tiny-med-adam"}
 
 def study_repo(path: Path) -> Path:
     repo = copy_repo(path, {"download": False})
-    (repo / "studies/studies.yaml").write_text(yaml.safe_dump(STUDIES, sort_keys=False))
-    (repo / "studies/dvc.lock").unlink()
-    sh(repo, "rm", "-r", "studies/out")
-    sh(repo, sys.executable, "-m", "lmc.studies_dvc")
+    (repo / "studies/cpu/dvc.lock").unlink()
+    sh(repo, "rm", "-r", "studies/cpu/out")
+    write_studies(repo, STUDIES)
     commit(repo, "tiny studies")
     return repo
 
 
 def results(repo: Path) -> dict[str, bytes]:
-    """The bytes a study run leaves: the studies lock and every cell's and report's output."""
-    files = [repo / "studies/dvc.lock", *sorted((repo / "studies/out").rglob("*.json")),
-             *sorted((repo / "reports").glob("tiny*"))]
+    """The bytes a study run leaves: the cpu scale's lock and every cell's and report's output."""
+    files = [repo / "studies/cpu/dvc.lock", *sorted((repo / "studies/cpu/out").rglob("*.json")),
+             *sorted((repo / "reports/cpu").glob("tiny*"))]
     return {str(f.relative_to(repo)): f.read_bytes() for f in files}
 
 
@@ -54,21 +55,21 @@ def report_runs_no_cell(repo: Path, names=("tiny", "tinyspawn")) -> None:
     """After a dispatch the home `dvc repro` of the reports trains nothing: only the reports (and the
     always-changed source stage) run."""
     reports = [f"report-{n}" for n in names]
-    out = sh(repo / "studies", "dvc", "repro", *reports).stdout
+    out = sh(repo / "studies/cpu", "dvc", "repro", *reports).stdout
     assert set(ran(out)) <= {"source-mnist", *reports}, ran(out)
 
 
 def of_tiny(files: dict[str, bytes]) -> dict:
     """Study tiny's part of `results`: its outputs and its stages' lock entries."""
-    lock = yaml.safe_load(files["studies/dvc.lock"])["stages"]
+    lock = yaml.safe_load(files["studies/cpu/dvc.lock"])["stages"]
     return {"lock": {k: v for k, v in lock.items() if k.startswith("tiny-") or k in ("report-tiny", "prepare-mnist")},
-            **{k: v for k, v in files.items() if "/tiny/" in k or k.startswith("reports/tiny.")}}
+            **{k: v for k, v in files.items() if "/tiny/" in k or k.startswith("reports/cpu/tiny.")}}
 
 
 @pytest.fixture(scope="module")
 def sequential(tmp_path_factory):
     repo = study_repo(tmp_path_factory.mktemp("sequential"))
-    sh(repo / "studies", "dvc", "repro", "report-tiny", "report-tinyspawn")
+    sh(repo / "studies/cpu", "dvc", "repro", "report-tiny", "report-tinyspawn")
     return results(repo)
 
 
@@ -102,7 +103,7 @@ def test_a_killed_worker_leaves_its_cell_failed_and_the_next_dispatch_sends_only
     proc = subprocess.Popen([sys.executable, "-m", "lmc.dispatch", "tiny", "--jobs", "2"], cwd=repo,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
-    records = repo / "studies/.dispatch/records.json"
+    records = repo / "studies/cpu/.dispatch/records.json"
     victim = None
     deadline = time.time() + 120
     while victim is None and time.time() < deadline:
@@ -116,14 +117,44 @@ def test_a_killed_worker_leaves_its_cell_failed_and_the_next_dispatch_sends_only
     assert proc.returncode == 2 and "1 task(s) failed" in err
     failed = [s for s, r in json.loads(records.read_text()).items() if r["state"] == "failed"]
     assert len(failed) == 1
-    assert not (repo / "studies/out/tiny" / f"{failed[0][len('tiny-'):]}.json").exists()  # nothing partial
-    assert failed[0] not in yaml.safe_load((repo / "studies/dvc.lock").read_text())["stages"]
+    assert not (repo / "studies/cpu/out/tiny" / f"{failed[0][len('tiny-'):]}.json").exists()  # nothing partial
+    assert failed[0] not in yaml.safe_load((repo / "studies/cpu/dvc.lock").read_text())["stages"]
     status = dispatch_cmd(repo, "tiny", "--status").stdout
     assert "tiny: 3 done, 0 running, 1 failed, 0 pending" in status and f"failed {failed[0]}: " in status
     out = dispatch_cmd(repo, "tiny", "--jobs", "2").stderr
     assert "sending 1 task(s)" in out
     report_runs_no_cell(repo, ["tiny"])
     assert of_tiny(results(repo)) == of_tiny(sequential)
+
+
+def test_a_dispatch_at_another_scale_sends_only_its_cells_and_leaves_the_cpu_scale_as_it_is(tmp_path, sequential):
+    """With tiny's cpu results home, a paper-scale dispatch sends the paper cells only, records them in the
+    paper scale's lock, and builds the paper report beside the cpu results it reads; not a byte of the cpu
+    scale changes (its cells, though they read the same data, are neither sent nor rerun)."""
+    repo = study_repo(tmp_path)
+    for name, payload in sequential.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_bytes(payload)
+    commit(repo, "tiny at cpu scale")
+    dry = dispatch_cmd(repo, "tiny", "--scale", "paper", "--dry-run").stdout
+    assert "tiny: 4 to send" in dry, dry
+    out = dispatch_cmd(repo, "tiny", "--scale", "paper", "--jobs", "2")
+    assert "sending 4 task(s)" in out.stderr and "sending" not in out.stderr.split("sending 4 task(s)", 1)[1]
+    assert "at paper scale (studies/paper)" in out.stdout
+    assert results(repo) == sequential  # the cpu lock, cells and reports: the same bytes
+    assert not (repo / "studies/cpu/.dispatch").exists() and (repo / "studies/paper/.dispatch").is_dir()
+    lock = yaml.safe_load((repo / "studies/paper/dvc.lock").read_text())["stages"]
+    assert {"tiny-hi-sgd", "tiny-hi-adam", "tiny-med-sgd", "tiny-med-adam", "report-tiny"} <= set(lock)
+    assert "../cpu/out/tiny/hi-sgd.json" in {d["path"] for d in lock["report-tiny"]["deps"]}
+    for cell in ("hi-sgd", "med-adam"):
+        result = json.loads((repo / f"studies/paper/out/tiny/{cell}.json").read_text())
+        assert result["scale"] == "paper" and (result["spec"]["epochs"], result["spec"]["width"]) == (2, 8)
+    assert "cpu scale test / train" in (repo / "reports/paper/tiny.md").read_text()
+    status = dispatch_cmd(repo, "tiny", "--scale", "paper", "--status").stdout
+    assert "tiny: 4 done, 0 running, 0 failed, 0 pending" in status, status
+    changed = json.loads(sh(repo / "studies/paper", "dvc", "status", "--json").stdout or "{}")
+    assert not {"prepare-mnist", "report-tiny", *(f"tiny-{c}" for c in ("hi-sgd", "hi-adam", "med-sgd", "med-adam"))
+                } & set(changed), changed  # tiny at paper scale is up to date
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
@@ -133,7 +164,7 @@ def test_kill_cancels_the_workers_and_keeps_nothing_partial(tmp_path, sig):
     proc = subprocess.Popen([sys.executable, "-m", "lmc.dispatch", "tiny", "--jobs", "2"], cwd=repo,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
-    records = repo / "studies/.dispatch/records.json"
+    records = repo / "studies/cpu/.dispatch/records.json"
     pids = []
     deadline = time.time() + 120
     while len(pids) < 2 and time.time() < deadline:
@@ -141,7 +172,7 @@ def test_kill_cancels_the_workers_and_keeps_nothing_partial(tmp_path, sig):
         running = json.loads(records.read_text()) if records.exists() else {}
         pids = [r["pid"] for r in running.values() if r.get("pid")]
     assert len(pids) == 2, "the workers did not start"
-    scratch = repo / "studies/.dispatch/scratch"
+    scratch = repo / "studies/cpu/.dispatch/scratch"
     while not (scratch.exists() and any(scratch.iterdir())) and time.time() < deadline:
         time.sleep(0.2)  # until a worker has its clone
     assert any(scratch.iterdir()), "no worker made its clone"
@@ -151,8 +182,8 @@ def test_kill_cancels_the_workers_and_keeps_nothing_partial(tmp_path, sig):
     for pid in pids:  # each worker's whole process group (its dvc, the stage) is gone
         with pytest.raises(ProcessLookupError):
             os.killpg(pid, 0)
-    assert not list((repo / "studies/out").rglob("*.json"))  # nothing partial
-    assert not any(s.startswith("tiny-") for s in yaml.safe_load((repo / "studies/dvc.lock").read_text())["stages"])
+    assert not list((repo / "studies/cpu/out").rglob("*.json"))  # nothing partial
+    assert not any(s.startswith("tiny-") for s in yaml.safe_load((repo / "studies/cpu/dvc.lock").read_text())["stages"])
     assert json.loads(records.read_text()) == {}
     assert not list(scratch.iterdir())  # the cancelled workers removed their clones
     assert "tiny: 0 done, 0 running, 0 failed, 4 pending" in dispatch_cmd(repo, "tiny", "--status").stdout
@@ -171,12 +202,48 @@ def test_through_a_dvc_remote_without_the_home_workspace(tmp_path, sequential):
     assert results(repo) == sequential
 
 
+def test_an_archive_run_on_a_bare_machine_gives_the_bytes_of_a_sequential_run(tmp_path, sequential,
+                                                                              bare_python):  # noqa: F811
+    """The archive executor: the tasks go out as one file, run on a machine that shares nothing with home (here
+    a fresh environment that sees only the lent GPU machine's image packages, with the bundle installed by
+    `pip --no-index`, in a copy of the project's files without git or DVC cache), and come back as one file.
+    Two trips (the spawn cells need their trunk home first); then the lock and outputs are a sequential run's."""
+    repo = study_repo(tmp_path / "home")
+    folder = repo / "studies/cpu/.dispatch/archive"
+    first = dispatch_cmd(repo, "tiny", "tinyspawn", "--executor", "archive")
+    assert "5 task(s) written" in first.stderr and "5 task(s) wait" in first.stderr, first.stderr
+    status = dispatch_cmd(repo, "tiny", "tinyspawn", "--status").stdout
+    assert "tiny: 0 done, 0 running, 4 in archive, 0 failed, 0 pending" in status, status
+    assert not (repo / "studies/cpu/out").exists()
+    bare = tmp_path / "bare"
+    for name in sh(repo, "git", "ls-files").stdout.splitlines():
+        (bare / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(repo / name, bare / name)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["PATH"] = f"{bare_python.parent}:/usr/bin:/bin"  # its own python and dvc, the system's git
+    (folder / "inbox").mkdir()
+    (folder / "inbox/damaged.tar.gz").write_bytes(b"not an archive")
+    refused = dispatch_cmd(repo, "tiny", "--executor", "archive", check=False)
+    assert refused.returncode == 2 and "damaged.tar.gz is not a results archive" in refused.stderr.splitlines()[-1]
+    (folder / "inbox/damaged.tar.gz").unlink()
+    for trip, tasks in ((1, 5), (2, 2)):
+        shutil.copy(folder / "tasks.tar.gz", bare / "tasks.tar.gz")
+        run = subprocess.run([str(bare_python), "-m", "lmc.dispatch", "--run-archive", "tasks.tar.gz",
+                              "results.tar.gz"], cwd=bare, env=env, capture_output=True, text=True)
+        assert run.returncode == 0 and f"{tasks} of {tasks} task(s) done" in run.stderr, run.stderr[-3000:]
+        shutil.move(bare / "results.tar.gz", folder / f"inbox/trip{trip}.tar.gz")
+        back = dispatch_cmd(repo, "tiny", "tinyspawn", "--executor", "archive")
+    assert "2 task(s) written" not in back.stderr and "up to date" in back.stdout, back.stderr
+    report_runs_no_cell(repo)
+    assert results(repo) == sequential
+
+
 def test_slurm_array_job_gives_the_bytes_of_a_sequential_run(tmp_path, sequential, slurm_cluster):  # noqa: F811
     repo = study_repo(tmp_path)
     out = dispatch_cmd(repo, "tiny", "tinyspawn", "--executor", "slurm", "--jobs", "4", "--partition",
                        slurm_cluster.partition, "--cpus-per-task", "1", "--time", "0:10:00")
     assert "sending 5 task(s)" in out.stderr and "sending 2 task(s)" in out.stderr
-    logs = list((repo / "studies/.dispatch/slurm").rglob("*_log.out"))
+    logs = list((repo / "studies/cpu/.dispatch/slurm").rglob("*_log.out"))
     assert len(logs) == 7  # one log per task: the trunk and the six cells
     report_runs_no_cell(repo)
     assert results(repo) == sequential
@@ -191,7 +258,7 @@ def test_uncommitted_inputs_and_unknown_studies_are_refused_in_one_line(tmp_path
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "error: dispatch: lmc/spec.py (and 0 more) differ from the last commit; workers run the commit, so "
         "commit your changes first, then dispatch"]
-    assert not (repo / "studies/out").exists()
+    assert not (repo / "studies/cpu/out").exists()
 
 
 # Every form `sbatch --time` accepts (its man page), read as sbatch reads it: minutes, rounded up.
@@ -201,13 +268,13 @@ SBATCH_TIMES = {"90": 90, "10:30": 11, "10:00": 10, "4:00:00": 240, "0:10:01": 1
 
 @pytest.mark.parametrize("limit,minutes", SBATCH_TIMES.items())
 def test_slurm_time_limits_are_read_as_sbatch_reads_them(limit, minutes):
-    assert dispatch._minutes(limit) == minutes
+    assert slurm.minutes(limit) == minutes
 
 
 @pytest.mark.parametrize("limit", ["four hours", "1:2:3:4", "1-2:3:4:5", "-5", "0", "UNLIMITED", "1-"])
 def test_a_time_limit_sbatch_would_refuse_or_that_is_unbounded_is_one_line(limit):
-    with pytest.raises(dispatch.DispatchError, match="not a finite SLURM time limit"):
-        dispatch._minutes(limit)
+    with pytest.raises(common.DispatchError, match="not a finite SLURM time limit"):
+        slurm.minutes(limit)
 
 
 def test_cells_below_a_trunk_that_reruns_count_as_pending(monkeypatch):
@@ -216,22 +283,23 @@ def test_cells_below_a_trunk_that_reruns_count_as_pending(monkeypatch):
     defs = {"trunk-s": {"outs": ["trunk/s"]}, "s-k0": {"deps": ["data/x.beton"], "outs": [{"out/s/k0.json": {"cache": False}}]},
             "s-k3": {"deps": ["trunk/s", "data/x.beton"], "outs": [{"out/s/k3.json": {"cache": False}}]},
             "s-k9": {"deps": ["out/s/k3.json"], "outs": ["out/s/k9.json"]}}
-    monkeypatch.setattr(dispatch, "stale", lambda stages: [s for s in stages if s == "trunk-s"])
-    assert dispatch.pending(list(defs), defs) == {"trunk-s", "s-k3", "s-k9"}
+    monkeypatch.setattr(plan, "stale", lambda scale, stages: [s for s in stages if s == "trunk-s"])
+    assert plan.pending("cpu", list(defs), defs) == {"trunk-s", "s-k3", "s-k9"}
 
 
 def test_new_cells_are_planned_and_recorded_in_dvc_yaml_order_whatever_the_hash_seed(tmp_path):
     """The real studies with table2's cells forgotten (no lock entries, no outputs: a first run). DVC's planner
-    orders them by a set's hash order; the dispatcher plans in studies/dvc.yaml's order under any seed, and
-    the lock it leaves is in that order too."""
+    orders them by a set's hash order; the dispatcher plans in studies/cpu/dvc.yaml's order under any seed,
+    and the lock it leaves is in that order too."""
     repo = copy_repo(tmp_path, {"download": False})
-    sh(repo, "git", "rm", "-rq", "studies/out/table2")
-    lock = yaml.safe_load((repo / "studies/dvc.lock").read_text())
+    sh(repo, "git", "rm", "-rq", "studies/cpu/out/table2")
+    lock = yaml.safe_load((repo / "studies/cpu/dvc.lock").read_text())
     lock["stages"] = {k: v for k, v in lock["stages"].items() if not k.startswith("table2-")}
-    (repo / "studies/dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
+    (repo / "studies/cpu/dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
     commit(repo, "forget table2")
-    in_yaml = [s for s in yaml.safe_load((repo / "studies/dvc.yaml").read_text())["stages"] if s.startswith("table2-")]
-    probe = "from lmc import dispatch; print(' '.join(dispatch.planned(['report-table2'])))"
+    in_yaml = [s for s in yaml.safe_load((repo / "studies/cpu/dvc.yaml").read_text())["stages"]
+               if s.startswith("table2-")]
+    probe = "from lmc.dispatch import plan; print(' '.join(plan.planned('cpu', ['report-table2'])))"
     for seed in ("1", "2", "3"):
         out = subprocess.run([sys.executable, "-c", probe], cwd=repo, capture_output=True, text=True, check=True,
                              env={**os.environ, "PYTHONHASHSEED": seed,
@@ -243,15 +311,15 @@ def test_the_lock_is_put_in_dvc_yaml_order_in_dvcs_own_format(tmp_path, monkeypa
     from lmc import studies_dvc
     repo = copy_repo(tmp_path)
     monkeypatch.chdir(repo)
-    lock_file = repo / "studies/dvc.lock"
+    lock_file = repo / "studies/cpu/dvc.lock"
     canonical = lock_file.read_bytes()
-    studies_dvc.sort_lock()
+    studies_dvc.sort_lock("cpu")
     assert lock_file.read_bytes() == canonical  # the committed lock is already in that order
     lock = yaml.safe_load(canonical)
     names = list(lock["stages"])
     lock["stages"] = {k: lock["stages"][k] for k in names[len(names) // 2:] + names[:len(names) // 2]}
     lock_file.write_text(yaml.safe_dump(lock, sort_keys=False))  # appended out of order, and not DVC's layout
-    studies_dvc.sort_lock()
+    studies_dvc.sort_lock("cpu")
     assert lock_file.read_bytes() == canonical
 
 
@@ -266,7 +334,7 @@ def test_a_failing_home_stage_stops_only_what_reads_it(tmp_path, sequential):
     commit(repo, "a typo in tiny's figure")
     proc = dispatch_cmd(repo, "tiny", "tinyspawn", "--jobs", "2", check=False)
     assert proc.returncode == 2 and "report-tiny" in proc.stderr.splitlines()[-1], proc.stderr
-    lock = yaml.safe_load((repo / "studies/dvc.lock").read_text())["stages"]
+    lock = yaml.safe_load((repo / "studies/cpu/dvc.lock").read_text())["stages"]
     assert "report-tiny" not in lock and {"trunk-tinyspawn", "tinyspawn-k0", "tinyspawn-k3", "report-tinyspawn"} <= set(lock)
     for name, payload in sequential.items():
         if "tinyspawn" in name:
@@ -276,9 +344,9 @@ def test_a_failing_home_stage_stops_only_what_reads_it(tmp_path, sequential):
 def test_a_slurm_task_out_of_time_is_requeued_with_the_same_task(tmp_path, slurm_cluster):  # noqa: F811
     """submitit calls `checkpoint` when SLURM signals the time limit or a preemption: the same task is sent again
     (its cell then takes up its saved progress, lmc/resume.py), up to --requeues times."""
-    task = dispatch.Task("tiny-hi-sgd", "0" * 40, "git", "remote", {}, str(tmp_path))
-    again = dispatch.Requeueable().checkpoint(task)
-    assert isinstance(again.function, dispatch.Requeueable) and again.args == (task,)
-    executor = dispatch.SlurmExecutor(1, tmp_path, None, 0, 1, "1-12", requeues=7)
+    task = common.Task("tiny-hi-sgd", "cpu", "0" * 40, "git", "remote", {}, str(tmp_path))
+    again = slurm.Requeueable().checkpoint(task)
+    assert isinstance(again.function, slurm.Requeueable) and again.args == (task,)
+    executor = slurm.SlurmExecutor(1, tmp_path, None, 0, 1, "1-12", requeues=7)
     assert executor.executor._executor.max_num_timeout == 7
     assert executor.executor.parameters["time"] == 2160  # 1 day and 12 hours

@@ -1,5 +1,5 @@
-"""The committed results are pinned to the committed code: no stage of either DVC project (the default
-experiment, the studies) has a code dependency whose hash differs from what its lock recorded (otherwise its
+"""The committed results are pinned to the committed code: no stage of any pipeline (the default experiment,
+each scale of the studies that has results) has a code dependency whose hash differs from what its lock recorded (otherwise its
 results came from other code and must be rerun). Missing data files (not built in a fresh clone) are not
 staleness, and a stage never run (no lock entry: the studies whose datasets are absent here) has no results to
 be stale."""
@@ -27,7 +27,14 @@ def code_changes(status: dict) -> list[str]:
     return stale
 
 
-@pytest.mark.parametrize("project", [".", "studies"])
+LOCKED = [".", *sorted(str(p.parent.relative_to(ROOT)) for p in ROOT.glob("studies/*/dvc.lock"))]
+
+
+def test_the_cpu_scale_has_committed_results():
+    assert "studies/cpu" in LOCKED
+
+
+@pytest.mark.parametrize("project", LOCKED)
 def test_locked_code_is_the_committed_code(project):
     proc = subprocess.run([str(DVC), "status", "--json"], cwd=ROOT / project, capture_output=True, text=True,
                           env={**os.environ, "PATH": f"{DVC.parent}:{os.environ['PATH']}"})

@@ -1,5 +1,6 @@
 """End to end: the real `dvc` commands on a temporary copy of this repository."""
 import copy
+import csv
 import json
 import os
 import re
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lmc import browser, data, report
+from lmc import browser, data, report, studies
 
 from .fixtures import WRITERS
 
@@ -245,7 +246,6 @@ def test_committed_lock_reproduces_here_and_a_difference_is_explained(tmp_path):
 
 
 TINY_STUDIES = {
-    "scale": "cpu",
     "scales": {"cpu": {"datasets": {"mnist": "mnist5k"}, "defaults": {"epochs": 1, "batch_size": 500, "width": 16}},
                "paper": {"datasets": {"mnist": "mnist5k"}, "defaults": {"epochs": 2, "batch_size": 500, "width": 8}}},
     "studies": {
@@ -258,34 +258,133 @@ TINY_STUDIES = {
 }
 
 
+def write_studies(repo: Path, config: dict) -> None:
+    """`config` in place of the real studies.yaml, and its pipelines generated (studies/<scale>/dvc.yaml). The
+    pipeline of a scale that `config` does not define is removed: generated from the real studies, DVC would
+    still collect it."""
+    (repo / "studies/studies.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    for scale in studies.SCALES:
+        if scale not in config["scales"]:
+            shutil.rmtree(repo / studies.scale_dir(scale), ignore_errors=True)
+    sh(repo, sys.executable, "-m", "lmc.studies_dvc")
+
+
 def test_study_cells_are_cached_one_by_one_and_absent_data_is_one_line(tmp_path):
     config = copy.deepcopy(TINY_STUDIES)
     repo = copy_repo(tmp_path, {"download": False})
     studies_yaml = repo / "studies/studies.yaml"
-    studies_yaml.write_text(yaml.safe_dump(config, sort_keys=False))
-    sh(repo, sys.executable, "-m", "lmc.studies_dvc")
+    write_studies(repo, config)
     commit(repo, "tiny studies")
-    studies = repo / "studies"  # a DVC project of its own
-    assert set(ran(sh(studies, "dvc", "repro", "report-tiny").stdout)) == {
+    cpu = repo / "studies/cpu"  # the cpu scale's pipeline, in the studies' own DVC project
+    assert set(ran(sh(cpu, "dvc", "repro", "report-tiny").stdout)) == {
         "source-mnist", "prepare-mnist", "tiny-hi", "tiny-med", "report-tiny"}
-    report = (repo / "reports/tiny.md").read_text()
-    assert "| hi |" in report and "0.05 / 0.00" in report and (repo / "reports/tiny.png").exists()
+    report = (repo / "reports/cpu/tiny.md").read_text()
+    assert "| hi |" in report and "0.05 / 0.00" in report and (repo / "reports/cpu/tiny.png").exists()
     commit(repo, "results")
-    sh(studies, "dvc", "repro", "-f", "tiny-hi", "tiny-med")
-    sh(repo, "git", "diff", "--exit-code", "studies/out", "studies/dvc.lock")  # same params, same bytes
+    sh(cpu, "dvc", "repro", "-f", "tiny-hi", "tiny-med")
+    sh(repo, "git", "diff", "--exit-code", "studies/cpu/out", "studies/cpu/dvc.lock")  # same params, same bytes
 
     config["studies"]["tiny"]["axes"]["lr"]["med"]["lr"] = 0.02
     studies_yaml.write_text(yaml.safe_dump(config, sort_keys=False))
-    assert set(ran(sh(studies, "dvc", "repro", "report-tiny").stdout)) == {"source-mnist", "tiny-med", "report-tiny"}
-    config["scale"] = "paper"
+    assert set(ran(sh(cpu, "dvc", "repro", "report-tiny").stdout)) == {"source-mnist", "tiny-med", "report-tiny"}
+    config["scales"]["cpu"]["defaults"]["width"] = 8  # the scale's own settings: every cell of that scale
     studies_yaml.write_text(yaml.safe_dump(config, sort_keys=False))
-    assert set(ran(sh(repo, "dvc", "--cd", "studies", "repro", "report-tiny").stdout)) == {
+    assert set(ran(sh(repo, "dvc", "--cd", "studies/cpu", "repro", "report-tiny").stdout)) == {
         "source-mnist", "tiny-hi", "tiny-med", "report-tiny"}
 
-    proc = sh(studies, "dvc", "repro", "report-absent", check=False)
+    proc = sh(cpu, "dvc", "repro", "report-absent", check=False)
     errors = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
     assert proc.returncode != 0 and len(errors) == 1
     assert errors[0].startswith("error: dataset cifar10: data/raw/cifar-10-batches-py/") and "not found" in errors[0]
+
+
+def tree(repo: Path, *folders: str) -> dict[str, bytes]:
+    """Every file under `folders` of `repo`, by path: the bytes a run at another scale must leave alone."""
+    return {str(f.relative_to(repo)): f.read_bytes() for d in folders for f in sorted((repo / d).rglob("*"))
+            if f.is_file()}
+
+
+def test_scales_run_side_by_side_and_a_report_shows_the_cpu_result_of_its_cells(tmp_path):
+    """The tiny study at cpu scale, then at smoke scale (its own settings): the smoke run has its own lock,
+    results and report, reads the cpu results as they are and shows them beside its own, and leaves every byte
+    of the cpu scale as it was; the cpu pipeline stays up to date."""
+    config = copy.deepcopy(TINY_STUDIES)
+    del config["studies"]["absent"]
+    repo = copy_repo(tmp_path, {"download": False})
+    write_studies(repo, config)
+    commit(repo, "tiny studies")
+    cpu = repo / "studies/cpu"
+    sh(repo, sys.executable, "-m", "lmc.studies_dvc", "--repro", "tiny", "--scale", "cpu")
+    assert {"studies/cpu/dvc.lock", "studies/cpu/out/tiny/hi.json", "studies/cpu/out/tiny/med.json",
+            "reports/cpu/tiny.md", "reports/cpu/tiny.csv", "reports/cpu/tiny.png"} <= set(
+        tree(repo, "studies/cpu", "reports/cpu"))
+    assert not (repo / "studies/smoke").exists() and not (repo / "reports/smoke").exists()
+    commit(repo, "cpu results")
+    before = tree(repo, "studies/cpu", "reports/cpu")
+
+    # A second scale, cheap enough for a CPU: the paper's settings (like: paper) cut to 1 epoch, other widths.
+    config["scales"]["smoke"] = {"like": "paper", "datasets": {"mnist": "mnist5k"},
+                                 "defaults": {"batch_size": 250, "width": 12, "device": "cpu"},
+                                 "overrides": {"epochs": 1}}
+    write_studies(repo, config)
+    # a new scale changes no other scale's pipeline
+    assert (repo / "studies/cpu/dvc.yaml").read_bytes() == before["studies/cpu/dvc.yaml"]
+    commit(repo, "a smoke scale")
+    proc = sh(repo, sys.executable, "-m", "lmc.studies_dvc", "--repro", "tiny", "--scale", "smoke")
+    assert set(ran(proc.stdout)) == {"source-mnist", "prepare-mnist", "tiny-hi", "tiny-med", "report-tiny"}, (
+        proc.stdout)
+    assert tree(repo, "studies/cpu", "reports/cpu") == before  # not a byte of the cpu scale changed
+    assert sh(repo, "git", "status", "--porcelain", "studies/cpu", "reports/cpu").stdout == ""
+
+    lock = yaml.safe_load((repo / "studies/smoke/dvc.lock").read_text())["stages"]
+    assert list(lock) == ["source-mnist", "prepare-mnist", "tiny-hi", "tiny-med", "report-tiny"]  # dvc.yaml's order
+    assert {"../cpu/out/tiny/hi.json", "../cpu/out/tiny/med.json"} <= {d["path"] for d in lock["report-tiny"]["deps"]}
+    for cell in ("hi", "med"):
+        mine = json.loads((repo / f"studies/smoke/out/tiny/{cell}.json").read_text())
+        theirs = json.loads((repo / f"studies/cpu/out/tiny/{cell}.json").read_text())
+        assert mine["scale"] == "smoke" and theirs["scale"] == "cpu"
+        assert (mine["spec"]["width"], mine["spec"]["batch_size"], mine["spec"]["epochs"]) == (12, 250, 1)
+        assert (theirs["spec"]["width"], theirs["spec"]["batch_size"], theirs["spec"]["epochs"]) == (16, 500, 1)
+    md = (repo / "reports/smoke/tiny.md").read_text()
+    assert "Scale: **smoke**" in md
+    hi = json.loads((repo / "studies/smoke/out/tiny/hi.json").read_text())["metrics"]
+    hi_cpu = json.loads((repo / "studies/cpu/out/tiny/hi.json").read_text())["metrics"]
+    assert (hi["barrier_test"], hi["acc_test_a"]) != (hi_cpu["barrier_test"], hi_cpu["acc_test_a"])  # two runs
+    lines = md.splitlines()
+    head = [c.strip() for c in next(l for l in lines if l.startswith("| lr |")).strip().strip("|").split("|")]
+    row = [c.strip() for c in next(l for l in lines if l.startswith("| hi |")).strip().strip("|").split("|")]
+    assert len(row) == len(head), (head, row)
+    assert row[head.index("barrier test / train")] == (
+        f"{100 * hi['barrier_test']:.2f} / {100 * hi['barrier_train']:.2f}")  # its own
+    assert row[head.index("paper test / train")] == "0.05 / 0.00"
+    assert row[head.index("cpu scale test / train")] == (
+        f"{100 * hi_cpu['barrier_test']:.2f} / {100 * hi_cpu['barrier_train']:.2f}")  # next to its own
+    with open(repo / "reports/smoke/tiny.csv", newline="") as f:
+        csv_hi = next(r for r in csv.DictReader(f) if r["cell"] == "hi")
+    assert float(csv_hi["cpu_barrier_test"]) == pytest.approx(hi_cpu["barrier_test"], abs=1e-6)
+    assert float(csv_hi["barrier_test"]) == pytest.approx(hi["barrier_test"], abs=1e-6)
+    assert (repo / "reports/smoke/tiny.png").read_bytes().startswith(b"\x89PNG")
+
+    for scale in ("cpu", "smoke"):  # every stage of both scales up to date (in its folder, a scale's own stages
+        # have bare names; the always-changed source stage is never up to date)
+        status = json.loads(sh(repo / "studies" / scale, "dvc", "status", "--json").stdout or "{}")
+        assert {"source-mnist"} <= set(status) and not [s for s in status if ":" not in s and s != "source-mnist"], (
+            scale, status)
+
+    # Running the smoke scale again reruns nothing. A cpu result changed by hand leaves the cpu cell stale and
+    # the smoke report too: the smoke run reads the cpu result as it is (its report reruns), never reruns the cell.
+    again = sh(repo, sys.executable, "-m", "lmc.studies_dvc", "--repro", "tiny", "--scale", "smoke").stdout
+    assert set(ran(again)) <= {"source-mnist"}, again
+    commit(repo, "smoke results")
+    out = repo / "studies/cpu/out/tiny/med.json"
+    out.write_text(out.read_text().replace('"scale": "cpu"', '"scale": "cpu" '))
+    assert "tiny-med" in json.loads(sh(cpu, "dvc", "status", "--json").stdout or "{}")
+    smoke = json.loads(sh(repo / "studies/smoke", "dvc", "status", "--json").stdout or "{}")
+    assert "report-tiny" in smoke and not {"tiny-hi", "tiny-med"} & set(smoke), smoke
+    rerun = sh(repo, sys.executable, "-m", "lmc.studies_dvc", "--repro", "tiny", "--scale", "smoke").stdout
+    assert set(ran(rerun)) == {"source-mnist", "report-tiny"}, rerun
+    assert out.read_text().count('"scale": "cpu" ') == 1  # the hand-changed cpu result is still there
+    assert sh(repo, "git", "status", "--porcelain", "studies/smoke/out", "studies/cpu/dvc.lock").stdout == ""
 
 
 def test_spawn_study_trains_its_trunk_once_and_a_is_the_same_run_at_every_k(tmp_path):
@@ -296,20 +395,19 @@ def test_spawn_study_trains_its_trunk_once_and_a_is_the_same_run_at_every_k(tmp_
         "axes": {"k": {"k0": {"spawn_step": 0}, "k3": {"spawn_step": 3}, "k5": {"spawn_step": 5}}},
         "figure": {"x": "spawn_step", "y": "barrier"}}}
     repo = copy_repo(tmp_path, {"download": False})
-    (repo / "studies/studies.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    sh(repo, sys.executable, "-m", "lmc.studies_dvc")
+    write_studies(repo, config)
     commit(repo, "spawn study")
-    assert set(ran(sh(repo / "studies", "dvc", "repro", "report-tinyspawn").stdout)) == {
+    assert set(ran(sh(repo / "studies/cpu", "dvc", "repro", "report-tinyspawn").stdout)) == {
         "source-mnist", "prepare-mnist", "trunk-tinyspawn", "tinyspawn-k0", "tinyspawn-k3", "tinyspawn-k5",
         "report-tinyspawn"}
-    assert sorted(p.name for p in (repo / "studies/trunk/tinyspawn").iterdir()) == ["step3.pt", "step5.pt"]
-    results = {k: json.loads((repo / f"studies/out/tinyspawn/{k}.json").read_text()) for k in ("k0", "k3", "k5")}
+    assert sorted(p.name for p in (repo / "studies/cpu/trunk/tinyspawn").iterdir()) == ["step3.pt", "step5.pt"]
+    results = {k: json.loads((repo / f"studies/cpu/out/tinyspawn/{k}.json").read_text()) for k in ("k0", "k3", "k5")}
     for key in ("acc_train_a", "acc_test_a"):  # A continues its trunk exactly: the same model whatever k
         assert len({r["metrics"][key] for r in results.values()}) == 1
     assert results["k0"]["curves"]["pairs"][0]["test_error"] != results["k5"]["curves"]["pairs"][0]["test_error"]
-    (repo / "studies/trunk/tinyspawn/step3.pt").unlink()
-    (repo / "studies/trunk/tinyspawn/step3.pt").write_bytes(b"damaged")
-    proc = sh(repo, sys.executable, "-m", "stages.cell", "tinyspawn", "k3", check=False)
+    (repo / "studies/cpu/trunk/tinyspawn/step3.pt").unlink()
+    (repo / "studies/cpu/trunk/tinyspawn/step3.pt").write_bytes(b"damaged")
+    proc = sh(repo, sys.executable, "-m", "stages.cell", "tinyspawn", "k3", "--scale", "cpu", check=False)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
-        "error: trunk snapshot studies/trunk/tinyspawn/step3.pt is damaged (UnpicklingError); "
-        "rerun `dvc --cd studies repro -f trunk-tinyspawn`"]
+        "error: trunk snapshot studies/cpu/trunk/tinyspawn/step3.pt is damaged (UnpicklingError); "
+        "rerun `dvc --cd studies/cpu repro -f trunk-tinyspawn`"]

@@ -1,6 +1,10 @@
 """The reproduction check's report (lmc/reproduce.py); its end-to-end run on the real pipeline is in
 tests/test_pipeline.py."""
-from lmc import reproduce
+from pathlib import Path
+
+from lmc import paths, reproduce, studies
+
+ROOT = Path(__file__).resolve().parents[1]
 
 AMD = {"numerics": "portable", "cpu": "AMD EPYC", "aten_cpu_capability": "DEFAULT", "torch": "2.14.1",
        "mkl": "2024.2", "onednn": "v3.12.0", "onednn_enabled": False, "threads": 2}
@@ -26,3 +30,11 @@ def test_each_cause_is_named():
     assert "another GPU model or driver" in reproduce.explain(h100, {**AMD, "cuda": {"gpu": "NVIDIA H200", "driver": "570"}})
     assert "this is a bug" in reproduce.explain(h100, h100)
     assert "made before records existed" in reproduce.explain(None, AMD)
+
+
+def test_a_scale_of_the_studies_keeps_its_numerics_records_in_its_own_folder():
+    assert reproduce._record_path(Path("."), "train") == paths.NUMERICS
+    for scale in studies.SCALES:  # where stages/cell.py and stages/trunk.py write them
+        assert reproduce._record_path(studies.scale_dir(scale), "table2-sgd-hi") == \
+            studies.numerics_record(scale, "table2-sgd-hi") == Path(f"studies/{scale}/numerics/table2-sgd-hi.json")
+    assert (ROOT / reproduce._record_path(Path("studies/cpu"), "trunk-spawn")).exists()  # a committed one

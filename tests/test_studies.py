@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -10,11 +11,32 @@ from lmc import report, studies, studies_dvc, study_report
 from lmc.spec import SpecError
 
 ROOT = Path(__file__).resolve().parents[1]
-RAW = studies.load(ROOT / studies.STUDIES_FILE)
+RAW = studies.load("cpu", ROOT / studies.STUDIES_FILE)
+PAPER = {**RAW, "scale": "paper"}
 
 
-def test_generated_dvc_yaml_is_up_to_date():
-    assert (ROOT / studies.DVC_FILE).read_text() == studies_dvc.generate(RAW), "run `python -m lmc.studies_dvc`"
+def test_the_file_is_seen_at_the_scale_asked_for():
+    assert RAW["scale"] == "cpu" and studies.scale_names(RAW) == list(studies.SCALES)
+    assert studies.load("paper", ROOT / studies.STUDIES_FILE)["scale"] == "paper"
+    assert studies.load(path=ROOT / studies.STUDIES_FILE)["scale"] == "cpu"  # cpu unless told
+
+
+@pytest.mark.parametrize("scale", studies.SCALES)
+def test_generated_dvc_yaml_is_up_to_date(scale):
+    assert studies.dvc_file(scale) == Path("studies") / scale / "dvc.yaml"
+    assert (ROOT / studies.dvc_file(scale)).read_text() == studies_dvc.generate({**RAW, "scale": scale}), \
+        "run `python -m lmc.studies_dvc`"
+
+
+def test_each_scale_has_its_own_paths():
+    assert studies.cell_output("paper", "table2", "sgd-hi") == Path("studies/paper/out/table2/sgd-hi.json")
+    assert studies.trunk_path("smoke", "spawn", 8) == Path("studies/smoke/trunk/spawn/step8.pt")
+    assert studies.data_paths("cpu", "mnist") == {"source": Path("studies/cpu/data/mnist/source.json"),
+                                                  "train": Path("studies/cpu/data/mnist/train.beton"),
+                                                  "test": Path("studies/cpu/data/mnist/test.beton")}
+    assert studies.numerics_record("cpu", "trunk-spawn") == Path("studies/cpu/numerics/trunk-spawn.json")
+    assert studies.notes_path("cpu", "width") == Path("studies/cpu/notes/width.md")
+    assert studies.report_path("paper", "fig3") == Path("reports/paper/fig3")
 
 
 @pytest.mark.parametrize("scale", studies.SCALES)
@@ -48,8 +70,8 @@ def test_per_scale_values_and_layer_precedence():
 
 
 def test_paper_numbers_name_existing_cells():
-    for study in studies.study_names(RAW):
-        ids = {c.id for c in studies.cells(RAW, study)}
+    for study in studies.study_names(PAPER):  # the paper's cells: every one exists at the paper scale
+        ids = {c.id for c in studies.cells(PAPER, study)}
         s = RAW["studies"][study]
         assert set(s.get("paper", {})) <= ids and set(s.get("paper_accuracy", {})) <= ids
 
@@ -57,10 +79,14 @@ def test_paper_numbers_name_existing_cells():
 def test_a_cell_depends_on_exactly_the_entries_that_define_it():
     cell = studies.find_cell(RAW, "fig1", "L4-p0_3")
     assert cell.param_keys == ["studies.fig1.base", "studies.fig1.axes.net.L4", "studies.fig1.axes.slope.p0_3"]
-    stage = yaml.safe_load(studies_dvc.generate(RAW))["stages"]["fig1-L4-p0_3"]
-    # its own scale's entry only (DVC fills ${scale} from `vars`); studies/ is its own project
-    assert stage["params"] == [{"studies.yaml": ["scale", "scales.${scale}", *cell.param_keys]}]
-    assert "data/mnist/train.beton" in stage["deps"] and "../lmc/study_report.py" not in stage["deps"]
+    for scale in ("cpu", "paper"):
+        stage = yaml.safe_load(studies_dvc.generate({**RAW, "scale": scale}))["stages"]["fig1-L4-p0_3"]
+        # its own scale's entry only; paths relative to studies/<scale>/, the commands run from the root
+        assert stage["params"] == [{"../studies.yaml": [f"scales.{scale}", *cell.param_keys]}]
+        assert stage["cmd"] == f"cd ../.. && python -m stages.cell fig1 L4-p0_3 --scale {scale}"
+        assert "data/mnist/train.beton" in stage["deps"] and "../../lmc/api.py" in stage["deps"]
+        assert "../../lmc/study_report.py" not in stage["deps"]
+        assert stage["outs"] == [{"out/fig1/L4-p0_3.json": {"cache": False}}]
 
 
 def test_an_axis_value_given_per_scale_exists_only_at_the_scales_it_names():
@@ -70,13 +96,13 @@ def test_an_axis_value_given_per_scale_exists_only_at_the_scales_it_names():
                                                            for w in (4096, 6272)}
     cell = studies.find_cell({**RAW, "scale": "paper"}, "width", "linear-L4-adam-hi-w6272")
     assert (studies.resolve(RAW, cell, "paper").width, studies.resolve(RAW, cell, "paper").depth) == (6272, 4)
-    # the generated file holds the file's scale's cells: switching to a scale with other cells makes it stale
+    # each scale's generated file holds that scale's cells
     assert "width-mlp-sgd-hi-w6272" not in studies_dvc.generate(RAW)
     assert "width-mlp-sgd-hi-w6272" in studies_dvc.generate({**RAW, "scale": "paper"})
 
 
 def test_bad_study_definitions_are_one_line_errors():
-    bad = yaml.safe_load((ROOT / studies.STUDIES_FILE).read_text())
+    bad = {**yaml.safe_load((ROOT / studies.STUDIES_FILE).read_text()), "scale": "cpu"}
     bad["studies"]["table2"]["axes"]["setup"]["sgd-hi"]["lr"] = -1
     with pytest.raises(SpecError, match=r"cell table2/sgd-hi at scale cpu: params: lr=-1 is out of range"):
         studies.resolve(bad, studies.find_cell(bad, "table2", "sgd-hi"))
@@ -89,23 +115,36 @@ def test_bad_study_definitions_are_one_line_errors():
      r["studies"]["table1"]["axes"]["opt"].update({"hi": {}}), "two cells named 'L1-bs30k-sgd-hi'"),
     (lambda r: r["studies"]["fig1"].pop("figure"), "study fig1 has no `figure:`"),
     (lambda r: r["studies"]["fig1"]["figure"].update(y="accuracy"), "figure needs x"),
-    (lambda r: r.update(scale="gpu"), "scale='gpu'"),
+    (lambda r: r.update(scale="cpu"), "without a top-level `scale:`"),
     (lambda r: r["scales"].update(huge={}), "unknown scale 'huge'"),
     (lambda r: r["scales"]["smoke"].update(like="tiny"), "scale smoke has unknown key.* or `like:` tiny"),
     (lambda r: r["scales"]["smoke"].update(epochs=2), "scale smoke has unknown key.* epochs"),
     (lambda r: r["scales"].pop("paper"), "defines no scale.* paper"),
-], ids=["duplicate ids", "no figure", "bad y", "bad scale", "unknown scale", "bad like", "bad scale key",
+], ids=["duplicate ids", "no figure", "bad y", "scale in the file", "unknown scale", "bad like", "bad scale key",
         "no paper scale"])
 def test_bad_study_files_are_refused_on_load(tmp_path, change, message):
     raw = yaml.safe_load((ROOT / studies.STUDIES_FILE).read_text())
     change(raw)
     (tmp_path / "studies.yaml").write_text(yaml.safe_dump(raw))
-    with pytest.raises(SpecError, match=message):
-        studies.load(tmp_path / "studies.yaml")
+    with pytest.raises(SpecError, match=message) as err:
+        studies.load(path=tmp_path / "studies.yaml")
+    assert "\n" not in str(err.value)
+
+
+def test_a_scale_the_file_does_not_define_is_refused(tmp_path):
+    raw = yaml.safe_load((ROOT / studies.STUDIES_FILE).read_text())
+    (tmp_path / "studies.yaml").write_text(yaml.safe_dump(raw))
+    assert studies.load("smoke", tmp_path / "studies.yaml")["scale"] == "smoke"
+    with pytest.raises(SpecError, match=r"scale 'gpu' is not defined in .*; choose one of cpu, paper, smoke$"):
+        studies.load("gpu", tmp_path / "studies.yaml")
+    raw["scales"].pop("smoke")
+    (tmp_path / "studies.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(SpecError, match=r"scale 'smoke' is not defined"):
+        studies.load("smoke", tmp_path / "studies.yaml")
 
 
 def test_dataset_per_scale_is_refused_with_the_way_to_do_it():
-    raw = yaml.safe_load((ROOT / studies.STUDIES_FILE).read_text())
+    raw = {**yaml.safe_load((ROOT / studies.STUDIES_FILE).read_text()), "scale": "cpu"}
     raw["studies"]["table2"]["base"]["dataset"] = {"cpu": "mnist", "paper": "cifar10"}
     with pytest.raises(SpecError, match=r"gives dataset per scale; .* `scales.<scale>.datasets`"):
         studies.paper_dataset(raw, studies.cells(raw, "table2")[0])
@@ -130,17 +169,19 @@ def test_threshold_flags(r, flag):
     assert study_report._flag(r) == flag
 
 
-def fake_results(tmp_path, monkeypatch, raw, study, barrier=lambda cell: 0.01, pairs=1):
-    """Cell outputs as stages.cell writes them, from curves whose pair i has test and train barrier b + i/1000."""
-    monkeypatch.setattr(studies, "OUT_DIR", tmp_path / "out")
+def fake_results(tmp_path, monkeypatch, raw, study, barrier=lambda cell: 0.01, pairs=1, error=0.1):
+    """Cell outputs at raw's scale as stages.cell writes them (below tmp_path/studies, which stands for studies/),
+    from curves whose pair i has test and train barrier b + i/1000 between end points of `error`."""
+    monkeypatch.setattr(studies, "ROOT", tmp_path / "studies")
     for cell in studies.cells(raw, study):
         spec = studies.resolve(raw, cell)
         b = barrier(cell)
         curves = {"alpha": [0.0, 0.5, 1.0], "status": "diverged" if b is None else "ok"}
         if b is not None:
-            curves["pairs"] = [{f"{split}_{kind}": [0.1, 0.1 + b + i / 1000, 0.1] for split in ("train", "test")
-                                for kind in ("error", "loss")} for i in range(pairs)]
-        path = studies.cell_output(study, cell.id)
+            curves["pairs"] = [{f"{split}_{kind}": [error, error + b + i / 1000, error]
+                                for split in ("train", "test") for kind in ("error", "loss")} for i in range(pairs)]
+        path = studies.cell_output(raw["scale"], study, cell.id)
+        assert path.is_relative_to(tmp_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"spec": dataclasses.asdict(spec), "status": curves["status"],
                                     "metrics": report.metrics_from_curves(curves), "curves": curves}))
@@ -161,15 +202,20 @@ def test_report_puts_ours_beside_the_papers_and_marks_unstable(tmp_path, monkeyp
 
 
 def test_table4_accuracies_appear_in_the_fig3_report(tmp_path, monkeypatch):
-    fake_results(tmp_path, monkeypatch, RAW, "fig3")
-    text = study_report.markdown(RAW, "fig3", study_report.cell_frame(RAW, "fig3"))
-    assert "paper test acc" in text and "| cifar100 | L4 | hi |" in text and "14.26" in text
+    fake_results(tmp_path, monkeypatch, RAW, "fig3")  # the paper scale's report reads the cpu cells too
+    fake_results(tmp_path, monkeypatch, PAPER, "fig3")
+    text = study_report.markdown(PAPER, "fig3", study_report.cell_frame(PAPER, "fig3"))
+    assert "paper test acc" in text and "14.26" in next(l for l in text.splitlines()
+                                                         if l.startswith("| cifar100 | L4 | hi |"))
+    cpu = study_report.markdown(RAW, "fig3", study_report.cell_frame(RAW, "fig3"))
+    assert "paper test acc" in cpu and "98.41" in next(l for l in cpu.splitlines() if l.startswith("| mnist | L4 | hi |"))
 
 
 def test_a_shared_trunk_study_gets_one_trunk_stage_its_cells_depend_on():
     stages = yaml.safe_load(studies_dvc.generate(RAW))["stages"]
     trunk = stages["trunk-spawn"]
-    assert trunk["outs"] == ["trunk/spawn"] and "../stages/trunk.py" in trunk["deps"]
+    assert trunk["outs"] == ["trunk/spawn"] and "../../stages/trunk.py" in trunk["deps"]
+    assert trunk["cmd"] == "cd ../.. && python -m stages.trunk spawn --scale cpu"
     assert all("trunk/spawn" in stages[f"spawn-{c.id}"]["deps"] for c in studies.cells(RAW, "spawn"))
     assert "trunk/spawn" not in stages["table2-sgd-hi"]["deps"]
     spec, steps = studies.trunk_plan(RAW, "spawn")
@@ -177,7 +223,7 @@ def test_a_shared_trunk_study_gets_one_trunk_stage_its_cells_depend_on():
 
 
 def test_a_shared_trunk_study_whose_cells_train_differently_is_refused():
-    bad = yaml.safe_load((ROOT / studies.STUDIES_FILE).read_text())
+    bad = {**yaml.safe_load((ROOT / studies.STUDIES_FILE).read_text()), "scale": "cpu"}
     bad["studies"]["spawn"]["axes"]["k"]["k8"]["lr"] = 0.001
     with pytest.raises(SpecError, match="cell k8 differs from the first cell in lr"):
         studies.trunk_plan(bad, "spawn")
@@ -188,7 +234,7 @@ def test_unknown_study_keys_are_refused(tmp_path):
     raw["studies"]["spawn"]["shared_trunks"] = True
     (tmp_path / "studies.yaml").write_text(yaml.safe_dump(raw))
     with pytest.raises(SpecError, match="study spawn has unknown key"):
-        studies.load(tmp_path / "studies.yaml")
+        studies.load(path=tmp_path / "studies.yaml")
 
 
 def test_report_of_several_pairs_gives_intervals_in_the_table_and_the_figure(tmp_path, monkeypatch):
@@ -219,8 +265,7 @@ def test_trunk_and_cell_stages_show_a_bar_on_a_terminal_and_nothing_else_off_one
     import sys
 
     from .conftest import run_stage_stderr, shows_a_bar
-    config = {"scale": "cpu",
-              "scales": {"cpu": {"datasets": {"mnist": "mnist5k"}, "defaults": {"batch_size": 500, "width": 16}},
+    config = {"scales": {"cpu": {"datasets": {"mnist": "mnist5k"}, "defaults": {"batch_size": 500, "width": 16}},
                          "paper": {"datasets": {}, "defaults": {}}},
               "studies": {"tinyspawn": {
                   "title": "t", "finding": "none", "shared_trunk": True,
@@ -229,34 +274,38 @@ def test_trunk_and_cell_stages_show_a_bar_on_a_terminal_and_nothing_else_off_one
     (tmp_path / studies.STUDIES_FILE).parent.mkdir(parents=True)
     (tmp_path / studies.STUDIES_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
     subprocess.run([sys.executable, "-m", "lmc.studies_dvc"], cwd=tmp_path, check=True, env={"PYTHONPATH": str(ROOT)})
-    for split, path in studies.data_paths("mnist").items():
+    assert (tmp_path / studies.dvc_file("cpu")).exists() and (tmp_path / studies.dvc_file("paper")).exists()
+    for split, path in studies.data_paths("cpu", "mnist").items():
         if split in betons:
             (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(betons[split], tmp_path / path)
     for tty in (True, False):
-        status, trunk = run_stage_stderr(tmp_path, "trunk", "tinyspawn", tty=tty)
+        status, trunk = run_stage_stderr(tmp_path, "trunk", "tinyspawn", "--scale", "cpu", tty=tty)
         assert status == 0 and shows_a_bar(trunk) == tty and ("trunk tinyspawn: 100%|" in trunk) == tty, trunk
-        status, cell = run_stage_stderr(tmp_path, "cell", "tinyspawn", "k3", tty=tty)
+        status, cell = run_stage_stderr(tmp_path, "cell", "tinyspawn", "k3", "--scale", "cpu", tty=tty)
         assert status == 0 and shows_a_bar(cell) == tty and ("cell tinyspawn/k3: 100%|" in cell) == tty, cell
         if not tty:
             assert trunk.splitlines() == ["trunk tinyspawn: 1 snapshots, steps [3]"]
             assert len(cell.splitlines()) == 1 and cell.startswith("cell tinyspawn/k3: ok in ")
+    assert (tmp_path / studies.trunk_path("cpu", "tinyspawn", 3)).exists()
+    assert json.loads((tmp_path / studies.cell_output("cpu", "tinyspawn", "k3")).read_text())["scale"] == "cpu"
 
 
 def test_width_report_gives_the_cross_init_barrier_and_the_studys_notes(tmp_path, monkeypatch):
+    # the committed notes are a dep of the report stage: editing them reruns the report
+    assert "notes/width.md" in yaml.safe_load(studies_dvc.generate(RAW))["stages"]["report-width"]["deps"]
     fake_results(tmp_path, monkeypatch, RAW, "width", barrier=lambda c: 0.01, pairs=2)
     for cell in studies.cells(RAW, "width"):  # A of pair 0 vs A of pair 1: a 5% barrier
-        path = studies.cell_output("width", cell.id)
+        path = studies.cell_output("cpu", "width", cell.id)
         result = json.loads(path.read_text())
         result["curves"]["cross_init"] = {f"{split}_{kind}": [0.1, 0.15, 0.1] for split in ("train", "test")
                                           for kind in ("error", "loss")}
         result["metrics"] = report.metrics_from_curves(result["curves"])
         path.write_text(json.dumps(result))
-    # the committed notes are a dep of the report stage: editing them reruns the report
-    assert "notes/width.md" in yaml.safe_load(studies_dvc.generate(RAW))["stages"]["report-width"]["deps"]
-    monkeypatch.setattr(studies_dvc, "NOTES_DIR", tmp_path / "notes")
-    (tmp_path / "notes").mkdir()
-    (tmp_path / "notes/width.md").write_text("## What the curves mean\n\nwritten by hand\n")
+    notes = studies.notes_path("cpu", "width")  # below tmp_path now (fake_results moved studies.ROOT)
+    assert notes.is_relative_to(tmp_path)
+    notes.parent.mkdir(parents=True)
+    notes.write_text("## What the curves mean\n\nwritten by hand\n")
     frame = study_report.cell_frame(RAW, "width")
     text = study_report.markdown(RAW, "width", frame)
     header = next(l for l in text.splitlines() if l.startswith("| setup | width |"))
@@ -265,3 +314,152 @@ def test_width_report_gives_the_cross_init_barrier_and_the_studys_notes(tmp_path
     assert "| 5.00 / 5.00 |" in line and text.rstrip().endswith("written by hand")
     study_report.figure(RAW, "width", frame, tmp_path / "w.png", study_report.pair_frame(RAW, "width"))
     assert (tmp_path / "w.png").read_bytes().startswith(b"\x89PNG")
+
+
+# -- the scales side by side -------------------------------------------------------------------------------
+
+def _stages(scale: str, raw: dict = RAW) -> dict:
+    return yaml.safe_load(studies_dvc.generate({**raw, "scale": scale}))["stages"]
+
+
+def _from_root(scale: str, path: str) -> Path:
+    """A path written in studies/<scale>/dvc.yaml, relative to the repository root instead."""
+    return Path(os.path.normpath(studies.scale_dir(scale) / path))
+
+
+def _outs(stage: dict) -> list[str]:
+    return [next(iter(o)) if isinstance(o, dict) else o for o in stage.get("outs", [])]
+
+
+def _other_scales(scale: str, path: Path) -> list[str]:
+    """The scales other than `scale` whose folders (studies/<s>/, reports/<s>/) hold `path`."""
+    return [s for s in studies.SCALES if s != scale and any(
+        path.is_relative_to(d) for d in (studies.scale_dir(s), studies.REPORTS_DIR / s))]
+
+
+def test_a_report_above_cpu_reads_the_cpu_cells_and_the_cpu_report_reads_no_other_scale():
+    cpu_ids = [c.id for c in studies.cells(RAW, "table2")]
+    assert studies.cpu_cells(PAPER, "table2") == cpu_ids and len(cpu_ids) == 5 and studies.cpu_cells(RAW, "table2") == []
+    report = _stages("paper")["report-table2"]
+    assert report["cmd"] == "cd ../.. && python -m stages.study_report table2 --scale paper"
+    for cell_id in cpu_ids:
+        assert f"out/table2/{cell_id}.json" in report["deps"] and f"../cpu/out/table2/{cell_id}.json" in report["deps"]
+    assert [d for d in report["deps"] if _other_scales("paper", _from_root("paper", d))] == [
+        f"../cpu/out/table2/{cell_id}.json" for cell_id in cpu_ids]
+    assert [{next(iter(o)) for o in report["outs"]}] == [{f"../../reports/paper/table2.{ext}" for ext in ("md", "csv", "png")}]
+    # width: the paper's w4096/w6272 cells have no cpu twin, so nothing to read for them
+    width = _stages("paper")["report-width"]["deps"]
+    assert {d for d in width if d.startswith("../cpu/")} == {f"../cpu/out/width/{c.id}.json"
+                                                             for c in studies.cells(RAW, "width")}
+    for scale in studies.SCALES:  # no stage of any scale reads from a scale other than cpu, nor cpu from any
+        for name, stage in _stages(scale).items():
+            into = {s for d in stage.get("deps", []) for s in _other_scales(scale, _from_root(scale, d))}
+            assert into <= ({"cpu"} if scale != "cpu" and name.startswith("report-") else set()), (scale, name, into)
+
+
+def test_the_scales_write_disjoint_outputs():
+    outs = {}
+    for scale in studies.SCALES:
+        mine = [_from_root(scale, o) for stage in _stages(scale).values() for o in _outs(stage)]
+        assert len(mine) == len(set(mine)), f"{scale}: one output written by two stages"
+        assert all(o.is_relative_to(studies.scale_dir(scale)) or o.is_relative_to(studies.REPORTS_DIR / scale)
+                   for o in mine), scale
+        outs[scale] = mine
+    for a in studies.SCALES:
+        for b in studies.SCALES:
+            if a < b:
+                overlaps = [(x, y) for x in outs[a] for y in outs[b] if x == y or x in y.parents or y in x.parents]
+                assert not overlaps, (a, b, overlaps[:3])
+    assert Path("studies/cpu/out/table2/sgd-hi.json") in outs["cpu"]
+    assert Path("studies/paper/out/table2/sgd-hi.json") in outs["paper"]
+    assert Path("reports/smoke/table2.md") in outs["smoke"]
+    assert Path("studies/paper/trunk/spawn") in outs["paper"] and Path("studies/cpu/trunk/spawn") in outs["cpu"]
+
+
+TINY = {
+    "scales": {"cpu": {"datasets": {"mnist": "mnist5k"}, "defaults": {"batch_size": 500, "width": 16, "epochs": 2}},
+               "paper": {"datasets": {}, "defaults": {"device": "cuda"}}},
+    "studies": {
+        "tiny": {"title": "Tiny", "finding": "none", "base": {"model": "mlp", "dataset": "mnist"},
+                 "axes": {"opt": {"sgd": {"optimizer": "sgd", "lr": 0.1},
+                                  "adam": {"paper": {"optimizer": "adam", "lr": 0.005}}}},  # paper only
+                 "figure": {"x": "opt", "y": "barrier"},
+                 "paper": {"sgd": [1.25, 2.5], "adam": [3.75, 4.5]}, "paper_accuracy": {"sgd": 97.5, "adam": 96.25}},
+        "paperonly": {"title": "Paper only", "finding": "none", "base": {"model": "mlp"},
+                      "axes": {"data": {"cifar10": {"paper": {"dataset": "cifar10"}}}},
+                      "figure": {"x": "data", "y": "barrier"}}}}
+
+
+def _load(tmp_path, config, scale):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return studies.load(scale, path)
+
+
+def test_a_study_without_cells_at_a_scale_gets_no_stage_there(tmp_path):
+    cpu, paper = _stages("cpu", _load(tmp_path, TINY, "cpu")), _stages("paper", _load(tmp_path, TINY, "paper"))
+    assert list(cpu) == ["source-mnist", "prepare-mnist", "tiny-sgd", "report-tiny"]
+    assert {"source-cifar10", "paperonly-cifar10", "report-paperonly", "tiny-adam", "report-tiny"} <= set(paper)
+    assert "../cpu/out/tiny/sgd.json" in paper["report-tiny"]["deps"]
+    assert "../cpu/out/tiny/adam.json" not in paper["report-tiny"]["deps"]
+
+
+def _table(text: str, first: str) -> tuple[list[str], dict[str, list[str]]]:
+    """A markdown table's header and rows (by first column), the table whose header starts with `first`."""
+    lines = text.splitlines()
+    start = next(i for i, l in enumerate(lines) if l.startswith(f"| {first} |"))
+    split = lambda l: [c.strip() for c in l.strip().strip("|").split("|")]  # noqa: E731
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows[split(line)[0]] = split(line)
+    return split(lines[start]), rows
+
+
+def test_the_report_above_cpu_gives_three_numbers_per_cell(tmp_path, monkeypatch):
+    cpu, paper = _load(tmp_path, TINY, "cpu"), _load(tmp_path, TINY, "paper")
+    fake_results(tmp_path, monkeypatch, cpu, "tiny", barrier=lambda c: 0.07, error=0.2)
+    fake_results(tmp_path, monkeypatch, paper, "tiny", barrier=lambda c: 0.05 if c.id == "sgd" else 0.03)
+    frame = study_report.cell_frame(paper, "tiny")
+    assert list(frame["cell"]) == ["sgd", "adam"] and frame["cpu_status"].iloc[0] == "ok"
+    assert frame["cpu_status"].isna().tolist() == [False, True] and frame["cpu_barrier_test"].iloc[0] == pytest.approx(0.07)
+    text = study_report.markdown(paper, "tiny", frame)
+    assert "Three numbers per cell" in text and "Not at this scale" not in text
+    head, rows = _table(text, "opt")
+    ours, theirs, at_cpu = (head.index(h) for h in ("barrier test / train", "paper test / train",
+                                                     "cpu scale test / train"))
+    assert (rows["sgd"][theirs], rows["sgd"][ours], rows["sgd"][at_cpu]) == ("1.25 / 2.50", "5.00 / 5.00", "7.00 / 7.00")
+    assert (rows["adam"][theirs], rows["adam"][ours], rows["adam"][at_cpu]) == ("3.75 / 4.50", "3.00 / 3.00", "–")
+    acc, cpu_acc = head.index("paper test acc"), head.index("cpu scale test acc A")
+    assert (rows["sgd"][acc], rows["sgd"][cpu_acc], rows["adam"][acc], rows["adam"][cpu_acc]) == (
+        "97.50", "80.00", "96.25", "–")
+    # the cpu report itself: its own numbers beside the paper's, no third column
+    cpu_frame = study_report.cell_frame(cpu, "tiny")
+    assert not [c for c in cpu_frame.columns if c.startswith("cpu_")]
+    cpu_text = study_report.markdown(cpu, "tiny", cpu_frame)
+    head, rows = _table(cpu_text, "opt")
+    assert "cpu scale test / train" not in head and "Three numbers per cell" not in cpu_text
+    assert list(rows) == ["sgd"] and rows["sgd"][head.index("barrier test / train")] == "7.00 / 7.00"
+    studies.cell_output("cpu", "tiny", "sgd").unlink()
+    with pytest.raises(FileNotFoundError):  # the paper report reads the cpu results its stage depends on
+        study_report.cell_frame(paper, "tiny")
+
+
+def test_fig3_at_cpu_scale_is_mnist_only_and_its_report_says_what_is_missing(tmp_path, monkeypatch):
+    cells = studies.cells(RAW, "fig3")
+    assert [c.id for c in cells] == [f"mnist-{n}-{lr}" for n in ("L2", "L4", "L8") for lr in ("hi", "med")]
+    assert {studies.paper_dataset(RAW, c) for c in cells} == {"mnist"}
+    assert len(studies.cells(PAPER, "fig3")) == 24 and studies.cpu_cells(PAPER, "fig3") == [c.id for c in cells]
+    assert study_report.missing_datasets(RAW, "fig3") == ["cifar10", "cifar100", "tinyimagenet"]
+    assert study_report.missing_datasets(PAPER, "fig3") == [] and study_report.missing_datasets(RAW, "table2") == []
+    fake_results(tmp_path, monkeypatch, RAW, "fig3")
+    text = study_report.markdown(RAW, "fig3", study_report.cell_frame(RAW, "fig3"))
+    line = next(l for l in text.splitlines() if l.startswith("Not at this scale"))
+    assert "the paper's cifar10, cifar100, tinyimagenet cells" in line and "trains on mnist5k only" in line
+    assert "6 cells:" in text
+    fake_results(tmp_path, monkeypatch, PAPER, "fig3")
+    paper = study_report.markdown(PAPER, "fig3", study_report.cell_frame(PAPER, "fig3"))
+    assert "Not at this scale" not in paper and "24 cells:" in paper
+    fake_results(tmp_path, monkeypatch, RAW, "table2")
+    assert "Not at this scale" not in study_report.markdown(RAW, "table2", study_report.cell_frame(RAW, "table2"))

@@ -1,0 +1,99 @@
+"""`python -m lmc.dispatch`: the command line."""
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import sys
+
+from .. import studies
+from ..stage import entry
+from .archive import ArchiveExecutor, Detached, run_archive
+from .common import EXECUTORS, DispatchError, project, state_dir
+from .home import dispatch, dry_run, status
+from .local import LocalExecutor, gpu_ids
+from .worker import worker_main
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+@entry
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"]:
+        return worker_main(*argv[1:3])
+    if argv[:1] == ["--run-archive"]:  # on the bare machine (archive.py)
+        if len(argv) != 3:
+            raise DispatchError("dispatch: usage: python -m lmc.dispatch --run-archive TASKS.tar.gz RESULTS.tar.gz")
+        raise SystemExit(run_archive(*argv[1:3]))
+    parser = argparse.ArgumentParser(prog="python -m lmc.dispatch",
+                                     description="Send the studies' pending cells to workers; take them home.")
+    parser.add_argument("studies", nargs="+", help="studies of studies/studies.yaml")
+    parser.add_argument("--scale", default="cpu", choices=studies.SCALES,
+                        help="the scale whose pipeline to run (studies/<scale>); default cpu")
+    parser.add_argument("--executor", choices=EXECUTORS, default="local")
+    parser.add_argument("--jobs", type=int, default=max(1, len(gpu_ids()) or 1),
+                        help="tasks running at once (local: worker processes; slurm: the array's parallelism)")
+    parser.add_argument("--partition", help="SLURM partition")
+    parser.add_argument("--gpus-per-task", type=int, default=0)
+    parser.add_argument("--cpus-per-task", type=int, default=2)
+    parser.add_argument("--time", default="4:00:00", help="SLURM time limit per task, [D-]HH:MM[:SS]")
+    parser.add_argument("--requeues", type=int, default=20, help="SLURM: times a task out of time or preempted "
+                        "is requeued; it continues from its last saved epoch (LMC_RESUME_EVERY_S, default 300 s)")
+    parser.add_argument("--remote", help="DVC remote URL the workers trade data through (default: the home "
+                        "studies cache, which needs a shared filesystem; archive: its own folder)")
+    parser.add_argument("--git-url", help="where workers clone the home commit from (default: this repository)")
+    parser.add_argument("--scratch", help="where workers make their clones (default: "
+                        "studies/<scale>/.dispatch/scratch)")
+    parser.add_argument("--status", action="store_true", help="show done/running/failed/pending and exit")
+    parser.add_argument("--dry-run", action="store_true", help="list what would be sent, with its cost")
+    args = parser.parse_args(argv)
+    if args.jobs < 1:
+        raise DispatchError(f"dispatch: --jobs={args.jobs}; give at least 1")
+    raw = studies.load(args.scale)
+    for name in args.studies:
+        if not studies.cells(raw, name):  # an unknown study raises: one line, before anything runs
+            raise DispatchError(f"dispatch: {name} has no cell at {args.scale} scale (studies/studies.yaml)")
+    if args.status:
+        return print(status(args.scale, args.studies))
+    if args.dry_run:
+        return print(dry_run(args.scale, args.studies))
+    for name in args.studies:
+        studies.missing_cpu_results(raw, name)
+    if args.executor == "slurm":
+        if shutil.which("sbatch") is None:
+            raise DispatchError("dispatch: --executor slurm needs SLURM's sbatch on PATH; run on a login node")
+        from .slurm import SlurmExecutor  # submitit: not needed by the other executors (a bare machine lacks it)
+
+        executor = SlurmExecutor(args.jobs, state_dir(args.scale), args.partition, args.gpus_per_task,
+                                 args.cpus_per_task, args.time, args.requeues)
+    elif args.executor == "archive":
+        executor = ArchiveExecutor(state_dir(args.scale) / "archive", args.scale)
+    else:
+        executor = LocalExecutor(args.jobs, state_dir(args.scale))
+    from tqdm import tqdm
+
+    # `kill` (SIGTERM) cancels like Ctrl-C; a background launch (`nohup ... &`) ignores SIGINT, so it is restored.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+    # A closed terminal or ssh session (SIGHUP) cancels too, so that no worker or SLURM job runs on unowned;
+    # under `nohup` (SIGHUP ignored) the dispatch outlives its terminal, as asked.
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, _interrupt)
+    with tqdm(total=0, desc="cells", unit="cell", disable=None) as bar:
+        try:
+            failed = dispatch(args.scale, args.studies, executor, args.remote, args.git_url, args.scratch, bar)
+        except Detached as waiting:
+            print(f"dispatch: {waiting}; the rest follows when their results are in the inbox", file=sys.stderr)
+            return
+        except KeyboardInterrupt:
+            print("dispatch: interrupted; running tasks cancelled, nothing partial kept", file=sys.stderr)
+            raise SystemExit(130) from None
+    if failed:
+        print(status(args.scale, args.studies), file=sys.stderr)
+        raise DispatchError(f"dispatch: {len(failed)} task(s) failed ({', '.join(failed[:5])}); see the logs "
+                            f"above, then dispatch again to send what is missing")
+    print(f"dispatch: {', '.join(args.studies)} up to date at {args.scale} scale ({project(args.scale)})")
+

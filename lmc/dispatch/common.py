@@ -1,0 +1,100 @@
+"""What every part of the dispatcher shares: the task a worker runs, where a scale's pipeline and records live,
+the dvc and git it calls, and the one-line error."""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .. import studies
+from ..io import write_text_atomic
+from ..spec import SpecError
+
+
+EXECUTORS = ("local", "slurm", "archive")
+# What a dispatch relies on being the same in the workers' clone as at home: the commit they check out.
+INPUTS = ("lmc", "stages", "studies/studies.yaml", "studies/*/dvc.yaml", "params.yaml", "pyproject.toml",
+          "requirements.txt")
+
+
+def project(scale: str) -> Path:
+    """The pipeline a dispatch at `scale` runs (studies/<scale>: its dvc.yaml, dvc.lock and outputs)."""
+    return studies.scale_dir(scale)
+
+
+def state_dir(scale: str) -> Path:
+    """Records of sent tasks, logs, worker scratch of a scale's dispatches (git- and dvc-ignored)."""
+    return project(scale) / ".dispatch"
+
+
+BIN = Path(sys.executable).absolute().parent  # absolute: workers run dvc from other folders
+CANCEL_WAIT_S = 10.0  # how long a cancelled local worker gets to stop (and clean up) before it is killed
+# The stages' commands say `python`: this environment's, whatever PATH the dispatcher (or a node) was given.
+ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+class DispatchError(SpecError):
+    """A dispatch that cannot start or whose result cannot be taken home (one line, like a bad param)."""
+
+
+def dvc(*args: str, cwd: Path = studies.ROOT, check: bool = True) -> subprocess.CompletedProcess:
+    """The dvc of this Python's environment, in the studies project (or `cwd`: a scale's pipeline)."""
+    proc = subprocess.run([str(BIN / "dvc"), "--wait-for-lock", *args], cwd=cwd, capture_output=True, text=True,
+                          env=ENV)
+    if check and proc.returncode:
+        lines = (proc.stderr + proc.stdout).strip().splitlines()
+        last = next((l for l in lines if l.startswith(("ERROR", "error"))), lines[-1] if lines else "no output")
+        raise DispatchError(f"dispatch: `dvc {' '.join(args)}` failed in {cwd}: {last}")
+    return proc
+
+
+def git(*args: str, cwd: Path = Path(".")) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def md5(payload: bytes) -> str:
+    return hashlib.md5(payload).hexdigest()
+
+
+# -- what to send ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Task:
+    """One stage to run in a clone of `git_url` at `commit`, pulling the cached outputs of the stages in
+    `pull` (home's lock entries for them: home may have run them since the commit) from `remote` first, and
+    pushing its own cached outputs there after."""
+    stage: str
+    scale: str
+    commit: str
+    git_url: str
+    remote: str
+    pull: dict  # stage -> its lock entry at home
+    scratch: str  # where the worker makes its clone (a per-task folder is created inside)
+
+
+def outputs(stage_def: dict) -> list[tuple[str, bool]]:
+    """(path, cached) of each output of a dvc.yaml stage definition."""
+    return [(o, True) if isinstance(o, str) else (next(iter(o)), next(iter(o.values())).get("cache", True))
+            for o in stage_def.get("outs", [])]
+
+
+def add_lock_entries(lock_file: Path, entries: dict) -> None:
+    """Put `entries` (stage -> lock entry) into a dvc.lock so that `dvc pull <stage>` knows what to fetch
+    (DVC rewrites the file in its own format at the next commit or repro)."""
+    lock = yaml.safe_load(lock_file.read_text()) if lock_file.exists() else {"schema": "2.0", "stages": {}}
+    lock["stages"].update(entries)
+    write_text_atomic(lock_file, yaml.safe_dump(lock, sort_keys=False))
+
+
+def squeue() -> set[str] | None:
+    """Job ids (as submitit names them, array tasks as <job>_<task>) in SLURM's queue; None if squeue failed."""
+    try:
+        proc = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return set(proc.stdout.split()) if proc.returncode == 0 else None

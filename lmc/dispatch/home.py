@@ -1,0 +1,233 @@
+"""Home: the dispatch loop (send what is ready, take results home in the plan's order, run the home stages),
+taking one result home with its checks, and the records behind `--status`."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from .. import cost, studies, studies_dvc
+from ..io import write_bytes_atomic, write_text_atomic
+from .archive import Detached
+from .common import DispatchError, Task, add_lock_entries, dvc, md5, project, squeue, state_dir
+from .plan import (blocked, check_committed, data_stages, pending, planned, sent_out, stage_defs, study_stages,
+                   unprepared_note, upstream)
+
+
+# -- home: taking a result in ------------------------------------------------------------------------------
+
+def take_home(scale: str, result: dict) -> None:
+    """Write a task's uncached outputs (md5-checked against the worker's lock), pull its cached ones, and
+    record the stage with `dvc commit`; the lock entry home computes must equal the worker's. On any failure
+    the lock and the outputs are put back as they were: nothing partial stays home."""
+    stage, lock_entry = result["stage"], result["lock"]
+    want = {o["path"]: o["md5"] for o in lock_entry.get("outs", [])}
+    home = project(scale)
+    lock_file = studies.dvc_file(scale).with_suffix(".lock")
+    before = lock_file.read_text() if lock_file.exists() else None
+    written = []
+    try:
+        for path, b64 in result["files"].items():
+            payload = base64.b64decode(b64)
+            if md5(payload) != want.get(path):
+                raise DispatchError(f"dispatch: {stage}'s {path} came back damaged (md5 differs from its lock); "
+                                    f"dispatch again")
+            target = home / path  # lock paths are relative to the scale's folder
+            written.append((target, target.read_bytes() if target.exists() else None))
+            write_bytes_atomic(target, payload)
+        if len(result["files"]) < len(want):  # cached outputs: pulled by the md5s of the worker's lock entry
+            add_lock_entries(lock_file, {stage: lock_entry})
+            dvc("pull", "-r", "dispatch", stage, cwd=home)
+        dvc("commit", "-f", "-q", stage, cwd=home)
+        recorded = yaml.safe_load(lock_file.read_text())["stages"][stage]
+        if recorded != lock_entry:
+            raise DispatchError(f"dispatch: {stage} was recorded at home with other hashes than the worker's "
+                                f"(different code, params or data?); run `dvc --cd {home} repro {stage}` here")
+        if result.get("numerics"):
+            write_text_atomic(studies.numerics_record(scale, stage), result["numerics"])
+    except BaseException:
+        if before is None:
+            lock_file.unlink(missing_ok=True)
+        else:
+            write_text_atomic(lock_file, before)
+        for target, old in written:
+            if old is None:
+                target.unlink(missing_ok=True)
+            else:
+                write_bytes_atomic(target, old)
+        raise
+
+
+# -- records: what was sent, what failed ---------------------------------------------------------------------
+
+def load_records(scale: str) -> dict:
+    path = state_dir(scale) / "records.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def save_records(scale: str, records: dict) -> None:
+    write_text_atomic(state_dir(scale) / "records.json", json.dumps(records, indent=1, sort_keys=True))
+
+
+def last_error(log: Path) -> str:
+    try:
+        lines = [l.strip() for l in Path(log).read_text(errors="replace").splitlines() if l.strip()]
+    except OSError:
+        return "no log"
+    return next((l for l in reversed(lines) if "Error" in l or l.startswith("error")), lines[-1] if lines else "")
+
+
+def alive(record: dict) -> bool:
+    """Whether a task recorded as running still is: its dispatcher (the only one that can take it home) is
+    alive, and a SLURM task that was submitted is still in the queue (or squeue cannot tell)."""
+    try:
+        os.kill(record["dispatcher"], 0)
+    except OSError:
+        return False
+    queued = squeue() if record.get("job") else None
+    return queued is None or record["job"] in queued
+
+
+# -- the dispatcher ----------------------------------------------------------------------------------------
+
+def status(scale: str, names: list[str]) -> str:
+    """Per study: stages done, running, in an archive (if any), failed (with log and last error line) and
+    pending."""
+    raw = studies.load(scale)
+    per_study = study_stages(raw, names)
+    records = load_records(scale)
+    todo = pending(scale, [s for stages in per_study.values() for s in stages], stage_defs(scale))
+    lines = []
+    for study, stages in per_study.items():
+        groups = {"done": [], "running": [], "in archive": [], "failed": [], "pending": []}
+        for s in stages:
+            rec = records.get(s)
+            if s not in todo:
+                groups["done"].append(s)
+            elif rec and rec["state"] == "running" and alive(rec):
+                groups["running"].append(s)
+            elif rec and rec["state"] == "archived":  # written out by the archive executor, not back yet
+                groups["in archive"].append(s)
+            elif rec:  # failed, or recorded running by a dispatcher that is gone
+                groups["failed"].append(s)
+            else:
+                groups["pending"].append(s)
+        lines.append(f"{study}: " + ", ".join(f"{len(v)} {k}" for k, v in groups.items()
+                                              if v or k != "in archive"))
+        for s in groups["failed"]:
+            log = records[s].get("log")
+            lines.append(f"  failed {s}: {log or 'no log'}: "
+                         f"{records[s].get('error') or (last_error(Path(log)) if log else 'never started')}")
+    return "\n".join(lines + unprepared_note(raw, names))
+
+
+def dry_run(scale: str, names: list[str]) -> str:
+    """The stages a dispatch would send, per study, with the estimated device-hours of its cells."""
+    raw = studies.load(scale)
+    per_study = study_stages(raw, names)
+    todo = pending(scale, [s for stages in per_study.values() for s in stages], stage_defs(scale))
+    lines, devices = [], set()
+    for study, stages in per_study.items():
+        mine = [s for s in stages if s in todo]
+        specs = [studies.resolve(raw, studies.find_cell(raw, study, s[len(study) + 1:]))
+                 for s in mine if s != f"trunk-{study}"]
+        device = specs[0].device if specs else "cpu"
+        devices |= {(s.device, s.precision, s.numerics, s.cpu_step) for s in specs} or {("cpu", "fp32", "portable",
+                                                                                         "per_model")}
+        lines.append(f"{study}: {len(mine)} to send, about {sum(map(cost.cell_hours, specs)):.2f} "
+                     f"{device.upper()}-hours")
+        lines += [f"  {s}" for s in mine]
+    lines += [f"{d.upper()}-hours ({p}) {cost.basis(d, p, n, c)} (lmc/cost.py; reports/cost.md: every study, every "
+              f"precision)" for d, p, n, c in sorted(devices)]
+    return "\n".join(lines + unprepared_note(raw, names))
+
+
+def dispatch(scale: str, names: list[str], executor, remote: str | None, git_url: str | None,
+             scratch: str | None, progress=None) -> list[str]:
+    """Bring the reports of `names` up to date: the stages a sequential `dvc repro` would run, taken home in
+    its order (so the lock is the same bytes), the trunks and cells run by `executor`'s workers, the rest
+    here. Returns the stages that failed."""
+    commit = check_committed()
+    defs = stage_defs(scale)
+    home = project(scale)
+    # First: what is stale can only be told with the data here.
+    dvc("repro", *data_stages(studies.load(scale), names), cwd=home)
+    plan = planned(scale, [f"report-{n}" for n in names])
+    home_cache = (studies.ROOT / ".dvc" / "cache").resolve()
+    remote = remote or getattr(executor, "remote", None) or str(home_cache)
+    shared = Path(remote).resolve() == home_cache
+    dvc("remote", "add", "--local", "-f", "dispatch", remote)
+    git_url = git_url or str(studies.ROOT.parent.resolve())
+    scratch = scratch or str((state_dir(scale) / "scratch").resolve())
+    todo = [s for s in plan if sent_out(s)]
+    if progress is not None:
+        progress.reset(total=len(todo))
+    records = load_records(scale)
+    done, failed, results, sent = set(), [], {}, set()
+    at = 0
+    try:
+        while at < len(plan):
+            ready = [s for s in todo if s not in sent and not blocked(s, defs, plan, failed)
+                     and all(u in done for u in upstream(s, defs) if u in plan)]
+            if ready:
+                lock = yaml.safe_load(studies.dvc_file(scale).with_suffix(".lock").read_text())["stages"]
+                print(f"dispatch: sending {len(ready)} task(s) ({', '.join(ready[:3])}"
+                      f"{', ...' if len(ready) > 3 else ''})", file=sys.stderr)
+                for s, job in executor.submit([Task(s, scale, commit, git_url, remote, {
+                        u: lock[u] for u in upstream(s, defs, cached=True)}, scratch) for s in ready]):
+                    records[s] = {"state": "running", **job}
+                sent.update(ready)
+                save_records(scale, records)
+            for stage, ids in executor.ids().items():  # worker pids, SLURM job ids and logs, once known
+                if any(records[stage].get(k) != v for k, v in ids.items()):
+                    records[stage].update(ids)
+                    save_records(scale, records)
+            for stage, log, result in executor.poll():
+                results[stage] = result
+                if result is None:
+                    records[stage] = {**records.get(stage, {}), "state": "failed", "log": str(log)}
+                    failed.append(stage)
+                    save_records(scale, records)
+            while at < len(plan):  # take home, in the plan's order, whatever is ready
+                stage = plan[at]
+                if blocked(stage, defs, plan, failed) or stage in failed:
+                    pass
+                elif not sent_out(stage):
+                    try:  # a home stage that fails (a report, a dataset) stops only what reads it
+                        dvc("repro", "--single-item", stage, cwd=home)
+                        if stage.startswith("prepare-") and not shared:
+                            dvc("push", "-r", "dispatch", stage, cwd=home)
+                        done.add(stage)
+                    except DispatchError as err:
+                        print(err, file=sys.stderr)
+                        failed.append(stage)
+                elif stage in results:
+                    try:
+                        take_home(scale, results[stage])
+                        records.pop(stage, None)
+                        done.add(stage)
+                    except DispatchError as err:
+                        records[stage] = {**records.get(stage, {}), "state": "failed", "error": str(err)}
+                        failed.append(stage)
+                    save_records(scale, records)
+                    if progress is not None:
+                        progress.update(1)
+                else:
+                    break
+                studies_dvc.sort_lock(scale)  # the lock in dvc.yaml's order, whatever DVC appended
+                at += 1
+            if at < len(plan):
+                time.sleep(0.5)
+    except BaseException as stop:  # Ctrl-C, a stage at home that failed, or tasks out in an archive
+        executor.cancel()  # no task is left running behind us
+        kept = {s: r for s, r in records.items() if r["state"] != "running"}
+        if isinstance(stop, Detached):
+            kept.update({t.stage: {**records[t.stage], "state": "archived"} for t in executor.archived})
+        save_records(scale, kept)
+        raise
+    return failed

@@ -1,0 +1,120 @@
+"""The SLURM executor: array jobs through submitit, requeued when out of time or preempted."""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from submitit.helpers import Checkpointable
+
+from .common import DispatchError, Task, squeue
+from .worker import run_task
+
+
+class Requeueable(Checkpointable):
+    """run_task as a SLURM task that submitit requeues when it runs out of time or is preempted: its default
+    `checkpoint` resubmits the same call; the cell then takes up its saved progress (lmc/resume.py)."""
+
+    def __call__(self, task: Task) -> dict:
+        return run_task(task)
+
+
+class SlurmExecutor:
+    """Array jobs through submitit, one array task per stage, at most `jobs` tasks out at once (queued here
+    beyond that). Without accounting (slurmdbd) submitit cannot tell how a task ended, so a task that left
+    `squeue` without a result file failed (killed, cancelled, out of time)."""
+
+    def __init__(self, jobs: int, state: Path, partition: str | None, gpus_per_task: int, cpus_per_task: int,
+                 time_limit: str, requeues: int = 20):
+        import submitit
+
+        self.limit = jobs
+        # A task out of time or preempted is requeued (submitit signals it before the limit; Requeueable tells
+        # it to resubmit) up to `requeues` times, and its cell takes up its saved progress.
+        self.executor = submitit.AutoExecutor(folder=str(state / "slurm" / "%j"), cluster="slurm",
+                                              slurm_max_num_timeout=requeues)
+        params = dict(timeout_min=minutes(time_limit), cpus_per_task=cpus_per_task, name="lmc-dispatch")
+        if partition:
+            params["slurm_partition"] = partition
+        if gpus_per_task:
+            params["gpus_per_node"] = gpus_per_task  # one task per node: its GPUs
+        self.executor.update_parameters(**params)
+        self.queue: list[Task] = []
+        self.jobs: list[tuple[Task, object]] = []
+
+    def submit(self, tasks: list[Task]) -> list[tuple[str, dict]]:
+        self.queue += tasks
+        self._start()
+        return [(t.stage, {"executor": "slurm", "dispatcher": os.getpid()}) for t in tasks]
+
+    def _start(self) -> None:
+        batch, self.queue = self.queue[:self.limit - len(self.jobs)], self.queue[self.limit - len(self.jobs):]
+        if not batch:
+            return
+        try:
+            jobs = self.executor.map_array(Requeueable(), batch)
+        except Exception as err:  # noqa: BLE001 (sbatch refused: partition, QOS, time limit...)
+            self.queue = batch + self.queue
+            last = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+            raise DispatchError(f"dispatch: SLURM refused the job ({last}); check --partition, --time and "
+                                f"--gpus-per-task") from None
+        self.jobs += list(zip(batch, jobs))
+
+    def ids(self) -> dict[str, dict]:
+        return {t.stage: {"job": j.job_id, "log": str(j.paths.stdout)} for t, j in self.jobs}
+
+    def poll(self) -> list[tuple[str, Path, dict | None]]:
+        queued = squeue()
+        if queued is None:  # squeue did not answer: ask again next round rather than fail every task
+            return []
+        done = []
+        for task, job in list(self.jobs):
+            if job.paths.result_pickle.exists():
+                try:
+                    result = job.result()
+                except Exception:  # noqa: BLE001 (a failed task: its traceback is in its log)
+                    result = None
+            elif job.job_id not in queued:
+                result = None
+            else:
+                continue
+            self.jobs.remove((task, job))
+            done.append((task.stage, Path(job.paths.stdout), result))
+        self._start()
+        return done
+
+    def cancel(self) -> None:
+        self.queue.clear()
+        for _, job in self.jobs:
+            with contextlib.suppress(Exception):
+                job.cancel(check=False)  # scancel
+        self.jobs.clear()
+
+
+def minutes(limit: str) -> int:
+    """SLURM's --time as sbatch reads it, in minutes (seconds rounded up): MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM,
+    D-HH:MM:SS. (A day form without seconds: `1-12` is a day and 12 hours; `10:30` is 10 minutes 30 seconds.)"""
+    bad = DispatchError(f"dispatch: --time={limit!r} is not a finite SLURM time limit; write minutes (90), "
+                        f"HH:MM:SS (4:00:00) or D-HH[:MM[:SS]] (1-12 for a day and 12 hours)")
+    days, dash, rest = limit.strip().partition("-")
+    try:
+        parts = [int(p) for p in rest.split(":")] if dash else [int(p) for p in days.split(":")]
+        day = int(days) if dash else 0
+    except ValueError:
+        raise bad from None
+    if dash:
+        if not 1 <= len(parts) <= 3:
+            raise bad
+        h, m, s = (parts + [0, 0])[:3]
+    elif len(parts) == 1:
+        h, m, s = 0, parts[0], 0
+    elif len(parts) == 2:
+        h, (m, s) = 0, parts
+    elif len(parts) == 3:
+        h, m, s = parts
+    else:
+        raise bad
+    seconds = ((day * 24 + h) * 60 + m) * 60 + s
+    if min(day, h, m, s) < 0 or seconds <= 0:
+        raise bad
+    return -(-seconds // 60)
