@@ -44,7 +44,7 @@ test: setup test-system-packages
 	$(RUN) python -m pytest
 
 # `make dispatch STUDY="table1 fig1" SCALE=paper EXECUTOR=slurm JOBS=64 ARGS="--partition gpu --gpus-per-task 1"`:
-# a study's pending cells on workers (lmc/dispatch.py; EXECUTOR local and SCALE cpu by default).
+# a study's pending cells on workers (lmc/dispatch/; EXECUTOR local and SCALE cpu by default).
 dispatch: setup
 	@test -n "$(STUDY)" || { echo "usage: make dispatch STUDY=<name> [SCALE=cpu|paper|smoke] [EXECUTOR=local|slurm] [JOBS=n] [ARGS=...]"; exit 2; }
 	$(RUN) python -m lmc.dispatch $(STUDY) --scale $(or $(SCALE),cpu) --executor $(or $(EXECUTOR),local) --jobs $(or $(JOBS),1) $(ARGS)
@@ -58,4 +58,4 @@ study: setup
 # `make bundle PYTHON=3.12`: wheels of DVC and all it pulls in, for a bare machine with that Python (and torch)
 # but no network: the archive executor's runner installs them there (lmc/bundle.py; README: a bare machine).
 bundle: setup
-	$(RUN) python -m lmc.bundle --python $(or $(PYTHON),3.12) --out $(or $(OUT),.bundle)
+	$(RUN) python -m lmc.bundle --python $(or $(PYTHON),3.12) --out $(or $(BUNDLE_DIR),.bundle)

@@ -76,6 +76,9 @@ def fetch(pins: dict[str, str], python: str, wheels: Path) -> list[str]:
             continue
         source = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), f"{name}=={version}"]
         proc = subprocess.run(source, capture_output=True, text=True)
+        if not proc.returncode and not any(wheels.glob(f"{re.sub(r'[-.]', '_', name)}-{version}-py3-none-any.whl")):
+            raise SpecError(f"bundle: {name}=={version} has no wheel for Python {python} and builds into a wheel "
+                            f"for this machine only; it cannot travel")
         if proc.returncode:
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             raise SpecError(f"bundle: no wheel of {name}=={version} for Python {python} ({last}); check the "

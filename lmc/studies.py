@@ -14,7 +14,6 @@ reports/<scale>/<study>.{md,csv,png}. One DVC project (studies/, one cache) hold
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import re
 from dataclasses import dataclass
@@ -226,8 +225,9 @@ def report_path(scale: str, study: str) -> Path:
 
 
 def has_shared_trunk(raw: dict, study: str) -> bool:
-    """A study with `shared_trunk: true` trains each spawn_step's trunk once (stage trunk-<study>)."""
-    return bool(raw["studies"][study].get("shared_trunk", False))
+    """A study with `shared_trunk: true` trains each spawn_step's trunk once (stage trunk-<study>), at a scale
+    where it has cells."""
+    return bool(raw["studies"][study].get("shared_trunk", False)) and bool(cells(raw, study))
 
 
 # What a trunk does not depend on: where B branches off, B's own stream, and how the path is evaluated.

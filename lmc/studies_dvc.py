@@ -129,6 +129,8 @@ def repro(study: str, scale: str) -> None:
     missing_cpu_results(raw, study)
     work = ([f"trunk-{study}"] if has_shared_trunk(raw, study) else []) + [f"{study}-{c.id}" for c in cells(raw, study)]
     bin_dir = Path(sys.executable).absolute().parent  # the stages' `python` is this environment's too
+    if not (bin_dir / "dvc").exists():
+        raise SpecError(f"studies: no dvc beside {sys.executable}; run `make setup` (or install the bundle)")
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     for args in (["repro", *work], ["repro", "--single-item", f"report-{study}"]):
         if subprocess.run([str(bin_dir / "dvc"), *args], cwd=scale_dir(scale), env=env).returncode:
@@ -150,7 +152,7 @@ def main() -> None:
         for scale in scale_names(raw):
             for cell in cells({**raw, "scale": scale}, study):
                 resolve(raw, cell, scale)
-            if has_shared_trunk(raw, study):
+            if has_shared_trunk({**raw, "scale": scale}, study):
                 trunk_plan({**raw, "scale": scale}, study)
     for gone in (s for s in SCALES if s not in scale_names(raw) and dvc_file(s).exists()):
         dvc_file(gone).unlink()  # a scale no longer defined: DVC must not collect its stale stages

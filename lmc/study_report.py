@@ -105,7 +105,7 @@ def markdown(raw: dict, study: str, frame: pd.DataFrame) -> str:
                   + "; they run at paper scale."]
     if at_cpu:
         lines += ["", "Three numbers per cell: the paper's, ours at this scale, and ours at cpu scale (the bundled "
-                  "MNIST subset, short runs: each cell's settings are in `reports/cpu/<study>.csv`), which does "
+                  f"MNIST subset, short runs: each cell's settings are in `reports/cpu/{study}.csv`), which does "
                   "not predict this scale's (README: every scale side by side)."]
     if has_paper:
         lines.append(f"⚠ marks a cell where ours and the paper's fall on different sides of the "

@@ -1,12 +1,14 @@
 """The dispatcher end to end: a tiny study sent to local workers, to a real single-node SLURM and through a
 DVC remote, each checked byte for byte against a plain sequential `dvc repro` of the same study."""
 import copy
+import io
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -202,19 +204,39 @@ def test_through_a_dvc_remote_without_the_home_workspace(tmp_path, sequential):
     assert results(repo) == sequential
 
 
+def written(stderr: str) -> Path:
+    """The tasks archive a dispatch with the archive executor names."""
+    return Path(next(l for l in stderr.splitlines() if "written to" in l).split("written to ")[1].split(":")[0])
+
+
+def fail_one(results: Path, stage: str) -> None:
+    """Rewrite a results archive as if `stage` had failed on the other machine."""
+    with tarfile.open(results) as tar:
+        members = {m.name: (m, tar.extractfile(m).read() if m.isfile() else None) for m in tar.getmembers()}
+    meta = json.loads(members["results.json"][1])
+    meta["results"][stage] = {"stage": stage, "error": "RuntimeError: the node went away"}
+    members["results.json"] = (members["results.json"][0], json.dumps(meta).encode())
+    with tarfile.open(results, "w:gz") as tar:
+        for info, payload in members.values():
+            info.size = len(payload) if payload is not None else info.size
+            tar.addfile(info, io.BytesIO(payload) if payload is not None else None)
+
+
 def test_an_archive_run_on_a_bare_machine_gives_the_bytes_of_a_sequential_run(tmp_path, sequential,
                                                                               bare_python):  # noqa: F811
     """The archive executor: the tasks go out as one file, run on a machine that shares nothing with home (here
     a fresh environment that sees only the lent GPU machine's image packages, with the bundle installed by
     `pip --no-index`, in a copy of the project's files without git or DVC cache), and come back as one file.
-    Two trips (the spawn cells need their trunk home first); then the lock and outputs are a sequential run's."""
+    Three trips: the trunk and the cells that need none (one of which fails there); the spawn cells, once their
+    trunk is home; the failed cell, sent again. Then the lock and outputs are a sequential run's."""
     repo = study_repo(tmp_path / "home")
     folder = repo / "studies/cpu/.dispatch/archive"
     first = dispatch_cmd(repo, "tiny", "tinyspawn", "--executor", "archive")
     assert "5 task(s) written" in first.stderr and "5 task(s) wait" in first.stderr, first.stderr
-    status = dispatch_cmd(repo, "tiny", "tinyspawn", "--status").stdout
-    assert "tiny: 0 done, 0 running, 4 in archive, 0 failed, 0 pending" in status, status
+    assert "tiny: 0 done, 0 running, 4 in archive, 0 failed, 0 pending" in first.stderr
     assert not (repo / "studies/cpu/out").exists()
+    refused = dispatch_cmd(repo, "tiny", "--executor", "archive", "--remote", str(tmp_path), check=False)
+    assert refused.returncode == 2 and "--remote has no use with --executor archive" in refused.stderr
     bare = tmp_path / "bare"
     for name in sh(repo, "git", "ls-files").stdout.splitlines():
         (bare / name).parent.mkdir(parents=True, exist_ok=True)
@@ -226,14 +248,27 @@ def test_an_archive_run_on_a_bare_machine_gives_the_bytes_of_a_sequential_run(tm
     refused = dispatch_cmd(repo, "tiny", "--executor", "archive", check=False)
     assert refused.returncode == 2 and "damaged.tar.gz is not a results archive" in refused.stderr.splitlines()[-1]
     (folder / "inbox/damaged.tar.gz").unlink()
-    for trip, tasks in ((1, 5), (2, 2)):
-        shutil.copy(folder / "tasks.tar.gz", bare / "tasks.tar.gz")
-        run = subprocess.run([str(bare_python), "-m", "lmc.dispatch", "--run-archive", "tasks.tar.gz",
+    tasks, back = written(first.stderr), None
+    for trip, count in ((1, 5), (2, 2), (3, 1)):
+        shutil.copy(tasks, bare / tasks.name)
+        run = subprocess.run([str(bare_python), "-m", "lmc.dispatch", "--run-archive", tasks.name,
                               "results.tar.gz"], cwd=bare, env=env, capture_output=True, text=True)
-        assert run.returncode == 0 and f"{tasks} of {tasks} task(s) done" in run.stderr, run.stderr[-3000:]
+        assert run.returncode == 0 and f"{count} of {count} task(s) done" in run.stderr, run.stderr[-3000:]
+        assert not (bare / "results.tar.gz.work").exists()  # its work folder goes once every task is done
+        if trip == 1:
+            fail_one(bare / "results.tar.gz", "tiny-hi-sgd")
         shutil.move(bare / "results.tar.gz", folder / f"inbox/trip{trip}.tar.gz")
         back = dispatch_cmd(repo, "tiny", "tinyspawn", "--executor", "archive")
-    assert "2 task(s) written" not in back.stderr and "up to date" in back.stdout, back.stderr
+        if trip == 1:  # the others are home; the failed cell waits for the next dispatch, as with any executor
+            assert (folder / "inbox/taken/trip1.tar.gz").exists()  # a results archive is used once
+            assert "tiny: 3 done, 0 running, 1 failed, 0 pending" in back.stderr, back.stderr
+            assert "the node went away" in back.stderr and "2 task(s) written" in back.stderr
+        if trip == 2:  # the failed cell goes out again; the spawn cells wait for it (home takes the plan's order)
+            assert "1 task(s) written" in back.stderr and (folder / "inbox/trip2.tar.gz").exists(), back.stderr
+        if trip < 3:
+            tasks = written(back.stderr)
+    assert {p.name for p in (folder / "inbox/taken").iterdir()} == {"trip1.tar.gz", "trip2.tar.gz", "trip3.tar.gz"}
+    assert "up to date" in back.stdout, back.stderr
     report_runs_no_cell(repo)
     assert results(repo) == sequential
 

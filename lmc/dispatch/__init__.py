@@ -31,7 +31,9 @@ The modules:
 An executor is a class with four methods, driven by home.dispatch: `submit(tasks)` takes Tasks and returns
 (stage, record fields) for each; `ids()` gives fields learnt later (a pid, a job id, a log); `poll()` returns
 the finished tasks as (stage, log path, run_task's result, or None for a failure); `cancel()` stops all it
-runs. An optional `remote` attribute names the DVC remote its workers trade data through. A fourth executor
+runs. An optional `remote` attribute names the DVC remote its workers trade data through; `poll` may raise
+common.Detached when what is left cannot be waited for (the archive executor), and an optional
+`retire(settled)` hears which stages this dispatch settled. A fourth executor
 (Ray, Kubernetes) is a new module beside these, one line in cli.py's EXECUTORS and its construction there;
 its workers call worker.run_task.
 """

@@ -8,8 +8,8 @@ import sys
 
 from .. import studies
 from ..stage import entry
-from .archive import ArchiveExecutor, Detached, run_archive
-from .common import EXECUTORS, DispatchError, project, state_dir
+from .archive import ArchiveExecutor, run_archive
+from .common import EXECUTORS, Detached, DispatchError, project, state_dir
 from .home import dispatch, dry_run, status
 from .local import LocalExecutor, gpu_ids
 from .worker import worker_main
@@ -70,6 +70,11 @@ def main(argv: list[str] | None = None) -> None:
         executor = SlurmExecutor(args.jobs, state_dir(args.scale), args.partition, args.gpus_per_task,
                                  args.cpus_per_task, args.time, args.requeues)
     elif args.executor == "archive":
+        given = [f for f, v in (("--remote", args.remote), ("--git-url", args.git_url), ("--scratch", args.scratch))
+                 if v]
+        if given:
+            raise DispatchError(f"dispatch: {given[0]} has no use with --executor archive (the archive carries the "
+                                f"commit and the data, and the bare machine works beside it); leave it out")
         executor = ArchiveExecutor(state_dir(args.scale) / "archive", args.scale)
     else:
         executor = LocalExecutor(args.jobs, state_dir(args.scale))
@@ -86,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             failed = dispatch(args.scale, args.studies, executor, args.remote, args.git_url, args.scratch, bar)
         except Detached as waiting:
+            print(status(args.scale, args.studies), file=sys.stderr)
             print(f"dispatch: {waiting}; the rest follows when their results are in the inbox", file=sys.stderr)
             return
         except KeyboardInterrupt:

@@ -18,8 +18,8 @@ from ..spec import SpecError
 
 EXECUTORS = ("local", "slurm", "archive")
 # What a dispatch relies on being the same in the workers' clone as at home: the commit they check out.
-INPUTS = ("lmc", "stages", "studies/studies.yaml", "studies/*/dvc.yaml", "params.yaml", "pyproject.toml",
-          "requirements.txt")
+INPUTS = ("lmc", "stages", "studies/studies.yaml", "studies/*/dvc.yaml", "studies/*/notes", "params.yaml",
+          "pyproject.toml", "requirements.txt")
 
 
 def project(scale: str) -> Path:
@@ -36,6 +36,11 @@ BIN = Path(sys.executable).absolute().parent  # absolute: workers run dvc from o
 CANCEL_WAIT_S = 10.0  # how long a cancelled local worker gets to stop (and clean up) before it is killed
 # The stages' commands say `python`: this environment's, whatever PATH the dispatcher (or a node) was given.
 ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+class Detached(Exception):
+    """Every task left is out where this dispatch cannot wait for it (an archive that has not come back): the
+    dispatch stops here, nothing is lost; the next one takes up what came back."""
 
 
 class DispatchError(SpecError):

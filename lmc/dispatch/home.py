@@ -13,8 +13,7 @@ import yaml
 
 from .. import cost, studies, studies_dvc
 from ..io import write_bytes_atomic, write_text_atomic
-from .archive import Detached
-from .common import DispatchError, Task, add_lock_entries, dvc, md5, project, squeue, state_dir
+from .common import Detached, DispatchError, Task, add_lock_entries, dvc, md5, project, squeue, state_dir
 from .plan import (blocked, check_committed, data_stages, pending, planned, sent_out, stage_defs, study_stages,
                    unprepared_note, upstream)
 
@@ -47,7 +46,7 @@ def take_home(scale: str, result: dict) -> None:
         recorded = yaml.safe_load(lock_file.read_text())["stages"][stage]
         if recorded != lock_entry:
             raise DispatchError(f"dispatch: {stage} was recorded at home with other hashes than the worker's "
-                                f"(different code, params or data?); run `dvc --cd {home} repro {stage}` here")
+                                f"(its code, params or data changed since it was sent); dispatch again")
         if result.get("numerics"):
             write_text_atomic(studies.numerics_record(scale, stage), result["numerics"])
     except BaseException:
@@ -228,6 +227,9 @@ def dispatch(scale: str, names: list[str], executor, remote: str | None, git_url
         kept = {s: r for s, r in records.items() if r["state"] != "running"}
         if isinstance(stop, Detached):
             kept.update({t.stage: {**records[t.stage], "state": "archived"} for t in executor.archived})
+            executor.retire(done | set(failed))
         save_records(scale, kept)
         raise
+    if hasattr(executor, "retire"):  # the archive executor's inbox: a result is used once
+        executor.retire(done | set(failed))
     return failed

@@ -22,8 +22,6 @@ from ..resume import DIR_ENV as RESUME_DIR_ENV
 from .common import BIN, CANCEL_WAIT_S, ENV, Task, add_lock_entries, dvc, git, outputs, project
 
 
-# -- the worker side ---------------------------------------------------------------------------------------
-
 def run_task(task: Task) -> dict:
     """On the worker: clone, pull what the stage reads, `dvc repro --single-item`, push its cached outputs.
     Returns the stage's lock entry and the bytes of its uncached outputs (base64). The clone is removed."""
@@ -46,14 +44,14 @@ def run_task(task: Task) -> dict:
             sys.stderr.write(run.stderr)
             last = next((l for l in reversed(run.stderr.splitlines()) if l.strip()), "no output")
             raise RuntimeError(f"dvc repro {task.stage} failed: {last}")
-        entry_ = yaml.safe_load((proj / "dvc.lock").read_text())["stages"][task.stage]
+        locked = yaml.safe_load((proj / "dvc.lock").read_text())["stages"][task.stage]
         outs = outputs(yaml.safe_load((proj / "dvc.yaml").read_text())["stages"][task.stage])
         uncached = [path for path, cached in outs if not cached]
         if len(uncached) < len(outs):
             dvc("push", "-r", "dispatch", task.stage, cwd=proj)
         files = {p: base64.b64encode((proj / p).read_bytes()).decode() for p in uncached}
         record = ws / studies.numerics_record(task.scale, task.stage)  # its numeric environment, with the results
-        return {"stage": task.stage, "lock": entry_, "files": files,
+        return {"stage": task.stage, "lock": locked, "files": files,
                 "numerics": record.read_text() if record.exists() else None}
     except BaseException:
         reap_descendants()  # a cancelled stage may still be exiting; it must not write into a removed clone
