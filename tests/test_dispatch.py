@@ -205,7 +205,7 @@ def test_through_a_dvc_remote_without_the_home_workspace(tmp_path, sequential):
 
 
 def written(stderr: str) -> Path:
-    """The tasks archive a dispatch with the archive executor names."""
+    """The tasks archive a dispatch with the archive executor names (relative to the repository root)."""
     return Path(next(l for l in stderr.splitlines() if "written to" in l).split("written to ")[1].split(":")[0])
 
 
@@ -248,7 +248,7 @@ def test_an_archive_run_on_a_bare_machine_gives_the_bytes_of_a_sequential_run(tm
     refused = dispatch_cmd(repo, "tiny", "--executor", "archive", check=False)
     assert refused.returncode == 2 and "damaged.tar.gz is not a results archive" in refused.stderr.splitlines()[-1]
     (folder / "inbox/damaged.tar.gz").unlink()
-    tasks, back = written(first.stderr), None
+    tasks, back = repo / written(first.stderr), None
     for trip, count in ((1, 5), (2, 2), (3, 1)):
         shutil.copy(tasks, bare / tasks.name)
         run = subprocess.run([str(bare_python), "-m", "lmc.dispatch", "--run-archive", tasks.name,
@@ -266,7 +266,7 @@ def test_an_archive_run_on_a_bare_machine_gives_the_bytes_of_a_sequential_run(tm
         if trip == 2:  # the failed cell goes out again; the spawn cells wait for it (home takes the plan's order)
             assert "1 task(s) written" in back.stderr and (folder / "inbox/trip2.tar.gz").exists(), back.stderr
         if trip < 3:
-            tasks = written(back.stderr)
+            tasks = repo / written(back.stderr)
     assert {p.name for p in (folder / "inbox/taken").iterdir()} == {"trip1.tar.gz", "trip2.tar.gz", "trip3.tar.gz"}
     assert "up to date" in back.stdout, back.stderr
     report_runs_no_cell(repo)
