@@ -442,7 +442,8 @@ def test_the_report_above_cpu_gives_three_numbers_per_cell(tmp_path, monkeypatch
     assert "cpu scale test / train" not in head and "Three numbers per cell" not in cpu_text
     assert list(rows) == ["sgd"] and rows["sgd"][head.index("barrier test / train")] == "7.00 / 7.00"
     studies.cell_output("cpu", "tiny", "sgd").unlink()
-    with pytest.raises(FileNotFoundError):  # the paper report reads the cpu results its stage depends on
+    with pytest.raises(SpecError, match=r"sgd.json is missing, and this report shows the cpu scale beside its "
+                                        r"own; run `make study STUDY=tiny`"):  # one line, not a traceback
         study_report.cell_frame(paper, "tiny")
 
 
