@@ -19,6 +19,7 @@ to set LMC_NUMERICS. CUDA runs are reproducible per GPU model whatever the mode 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -89,10 +90,16 @@ def active() -> str:
     return _active
 
 
-def allow_restart() -> None:
-    """This process is a stage (`python -m stages.<name>`): `require` may start it again in the other mode."""
+@contextlib.contextmanager
+def restart_allowed(allowed: bool):
+    """While a stage that is this process's program (`python -m stages.<name>`) runs, `require` may start the
+    process again in the other mode; outside it, never."""
     global _reexec_allowed
-    _reexec_allowed = True
+    before, _reexec_allowed = _reexec_allowed, allowed
+    try:
+        yield
+    finally:
+        _reexec_allowed = before
 
 
 def threads() -> int:

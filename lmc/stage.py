@@ -14,14 +14,15 @@ USER_ERRORS = (SpecError, DataError, CheckpointError, OutputError, numerics.Nume
 
 
 def entry(main):
-    """Run `main`; a user error prints one line (no traceback) and exits with status 2. A stage may restart
-    itself in its spec's numerics mode (lmc/numerics.py)."""
+    """Run `main`; a user error prints one line (no traceback) and exits with status 2. A stage run as the
+    program (`python -m stages.<name>`) may restart itself in its spec's numerics mode (lmc/numerics.py); called
+    from other code (a test, a notebook) it may not, since the restart would start that whole program again."""
     @functools.wraps(main)
     def wrapped(*args, **kwargs):
-        numerics.allow_restart()
-        try:
-            return main(*args, **kwargs)
-        except USER_ERRORS as err:
-            print(f"error: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
+        with numerics.restart_allowed(main.__module__ == "__main__"):
+            try:
+                return main(*args, **kwargs)
+            except USER_ERRORS as err:
+                print(f"error: {err}", file=sys.stderr)
+                raise SystemExit(2) from None
     return wrapped

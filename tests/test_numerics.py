@@ -88,3 +88,29 @@ def test_outside_a_stage_the_other_mode_is_one_clear_error():
     assert numerics.active() == "portable"
     with pytest.raises(numerics.NumericsError, match="start Python with LMC_NUMERICS=native"):
         numerics.require("native")
+
+
+def test_a_stage_called_from_other_code_never_restarts_that_program():
+    """A stage's main() called in-process (a test, a notebook) must not make `require` start the calling program
+    again (it did: pytest re-executed itself and ran the whole suite anew); it gets the one-line error, during
+    the call and after it."""
+    from lmc.stage import entry
+
+    @entry
+    def main():
+        numerics.require("native")
+
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    assert stopped.value.code == 2
+    with pytest.raises(numerics.NumericsError):
+        numerics.require("native")
+
+
+def test_a_stage_run_as_the_program_restarts_in_its_mode(tmp_path):
+    script = tmp_path / "stage.py"
+    script.write_text("import os, lmc\nfrom lmc import numerics\nfrom lmc.stage import entry\n\n@entry\n"
+                      "def main():\n    numerics.require('native')\n    print(numerics.active())\n\nmain()\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         env={**numerics.unpinned_environ(), numerics.ENV: "portable"})
+    assert out.returncode == 0 and out.stdout.split() == ["native"], out.stderr[-2000:]

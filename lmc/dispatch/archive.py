@@ -32,7 +32,7 @@ import traceback
 from pathlib import Path
 
 from ..io import write_text_atomic
-from .common import INPUTS, Detached, DispatchError, Task, git
+from .common import INPUTS, Detached, DispatchError, Task, error_line, git
 from .worker import run_task
 
 TASKS, RESULTS = "tasks.json", "results.json"
@@ -62,7 +62,7 @@ class ArchiveExecutor:
                     tar.extractall(self.folder, members=members, filter="data")
                 scale, commit, found = meta["scale"], meta["commit"], meta["results"]
             except (OSError, tarfile.TarError, KeyError, TypeError, ValueError) as err:
-                why = (str(err).splitlines() or [type(err).__name__])[0].rstrip(":")
+                why = error_line(err)
                 raise DispatchError(f"dispatch: {path} is not a results archive ({why}); remove it or bring it "
                                     f"again") from None
             if scale != self.scale:
@@ -180,7 +180,7 @@ def run_archive(tasks_archive: str, results_archive: str) -> int:
         meta = json.loads((work / TASKS).read_text())
     except (OSError, tarfile.TarError, ValueError) as err:
         shutil.rmtree(work, ignore_errors=True)
-        why = (str(err).splitlines() or [type(err).__name__])[0].rstrip(":")
+        why = error_line(err)
         raise DispatchError(f"dispatch: {tasks_archive} is not a tasks archive ({why}); bring it again") from None
     remote = work / "remote"
     remote.mkdir(exist_ok=True)

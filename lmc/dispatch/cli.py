@@ -9,7 +9,7 @@ import sys
 from .. import studies
 from ..stage import entry
 from .archive import ArchiveExecutor, run_archive
-from .common import EXECUTORS, Detached, DispatchError, project, state_dir
+from .common import EXECUTORS, Detached, DispatchError, state_dir
 from .home import dispatch, dry_run, status
 from .local import LocalExecutor, gpu_ids
 from .worker import worker_main
@@ -101,5 +101,5 @@ def main(argv: list[str] | None = None) -> None:
         print(status(args.scale, args.studies), file=sys.stderr)
         raise DispatchError(f"dispatch: {len(failed)} task(s) failed ({', '.join(failed[:5])}); see the logs "
                             f"above, then dispatch again to send what is missing")
-    print(f"dispatch: {', '.join(args.studies)} up to date at {args.scale} scale ({project(args.scale)})")
+    print(f"dispatch: {', '.join(args.studies)} up to date at {args.scale} scale ({studies.scale_dir(args.scale)})")
 

@@ -22,14 +22,16 @@ INPUTS = ("lmc", "stages", "studies/studies.yaml", "studies/*/dvc.yaml", "studie
           "pyproject.toml", "requirements.txt")
 
 
-def project(scale: str) -> Path:
-    """The pipeline a dispatch at `scale` runs (studies/<scale>: its dvc.yaml, dvc.lock and outputs)."""
-    return studies.scale_dir(scale)
+def error_line(err: BaseException, last: bool = False) -> str:
+    """One line of an exception's message for a one-line error: its first (or, for tools that end with the
+    reason, like sbatch, its last), or the exception's type where the message is empty."""
+    lines = [l.strip() for l in str(err).splitlines() if l.strip()] or [type(err).__name__]
+    return (lines[-1] if last else lines[0].rstrip(":"))
 
 
 def state_dir(scale: str) -> Path:
     """Records of sent tasks, logs, worker scratch of a scale's dispatches (git- and dvc-ignored)."""
-    return project(scale) / ".dispatch"
+    return studies.scale_dir(scale) / ".dispatch"
 
 
 BIN = Path(sys.executable).absolute().parent  # absolute: workers run dvc from other folders

@@ -13,7 +13,7 @@ import yaml
 
 from .. import cost, studies, studies_dvc
 from ..io import write_bytes_atomic, write_text_atomic
-from .common import Detached, DispatchError, Task, add_lock_entries, dvc, md5, project, squeue, state_dir
+from .common import Detached, DispatchError, Task, add_lock_entries, dvc, md5, squeue, state_dir
 from .plan import (blocked, check_committed, data_stages, pending, planned, sent_out, stage_defs, study_stages,
                    unprepared_note, upstream)
 
@@ -26,7 +26,7 @@ def take_home(scale: str, result: dict) -> None:
     the lock and the outputs are put back as they were: nothing partial stays home."""
     stage, lock_entry = result["stage"], result["lock"]
     want = {o["path"]: o["md5"] for o in lock_entry.get("outs", [])}
-    home = project(scale)
+    home = studies.scale_dir(scale)
     lock_file = studies.dvc_file(scale).with_suffix(".lock")
     before = lock_file.read_text() if lock_file.exists() else None
     written = []
@@ -153,7 +153,7 @@ def dispatch(scale: str, names: list[str], executor, remote: str | None, git_url
     here. Returns the stages that failed."""
     commit = check_committed()
     defs = stage_defs(scale)
-    home = project(scale)
+    home = studies.scale_dir(scale)
     # First: what is stale can only be told with the data here.
     dvc("repro", *data_stages(studies.load(scale), names), cwd=home)
     plan = planned(scale, [f"report-{n}" for n in names])

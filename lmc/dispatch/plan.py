@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from .. import studies
-from .common import INPUTS, DispatchError, dvc, git, outputs, project
+from .common import INPUTS, DispatchError, dvc, git, outputs
 
 
 def stage_defs(scale: str) -> dict:
@@ -32,7 +32,7 @@ def unprepared_note(raw: dict, names: list[str]) -> list[str]:
     (dispatch prepares it first, and then sends only what really changed)."""
     missing = stale(raw["scale"], [s for s in data_stages(raw, names) if s.startswith("prepare-")])
     return [f"note: {', '.join(missing)} not up to date here, so every stage reading it counts as pending; "
-            f"`dvc --cd {project(raw['scale'])} repro {' '.join(missing)}` first for exact counts"] if missing else []
+            f"`dvc --cd {studies.scale_dir(raw['scale'])} repro {' '.join(missing)}` first for exact counts"] if missing else []
 
 
 def upstream(stage: str, defs: dict, cached: bool = False) -> list[str]:
@@ -49,7 +49,7 @@ def stale(scale: str, stages: list[str]) -> list[str]:
         return []
     # The whole project at once: naming 100 targets makes dvc collect the pipeline 100 times (minutes). Run in
     # the scale's folder, its own stages have bare names (the others' are `../<scale>/dvc.yaml:<name>`).
-    changed = json.loads(dvc("status", "--json", cwd=project(scale)).stdout or "{}")
+    changed = json.loads(dvc("status", "--json", cwd=studies.scale_dir(scale)).stdout or "{}")
     return [s for s in stages if s in changed]
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from submitit.helpers import Checkpointable
 
-from .common import DispatchError, Task, squeue
+from .common import DispatchError, Task, error_line, squeue
 from .worker import run_task
 
 
@@ -55,7 +55,7 @@ class SlurmExecutor:
             jobs = self.executor.map_array(Requeueable(), batch)
         except Exception as err:  # noqa: BLE001 (sbatch refused: partition, QOS, time limit...)
             self.queue = batch + self.queue
-            last = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+            last = error_line(err, last=True)
             raise DispatchError(f"dispatch: SLURM refused the job ({last}); check --partition, --time and "
                                 f"--gpus-per-task") from None
         self.jobs += list(zip(batch, jobs))

@@ -19,7 +19,7 @@ import yaml
 from .. import studies
 from ..io import write_text_atomic
 from ..resume import DIR_ENV as RESUME_DIR_ENV
-from .common import BIN, CANCEL_WAIT_S, ENV, Task, add_lock_entries, dvc, git, outputs, project
+from .common import BIN, CANCEL_WAIT_S, ENV, Task, add_lock_entries, dvc, git, outputs
 
 
 def run_task(task: Task) -> dict:
@@ -30,7 +30,7 @@ def run_task(task: Task) -> dict:
     try:
         subprocess.run(["git", "clone", "-q", "--no-checkout", task.git_url, str(ws)], check=True)
         git("checkout", "-q", task.commit, cwd=ws)
-        proj = ws / project(task.scale)
+        proj = ws / studies.scale_dir(task.scale)
         dvc("remote", "add", "--local", "-f", "dispatch", task.remote, cwd=proj)
         if task.pull:
             add_lock_entries(proj / "dvc.lock", task.pull)
