@@ -40,8 +40,11 @@ check-repro: setup
 	$(RUN) dvc repro -f
 	$(RUN) python -m lmc.reproduce
 
+# `make test TEST_WORKERS=n`: the tests on n processes (pytest-xdist); tests that share a module-scoped fixture
+# stay on one worker (tests/conftest.py), the others go to whichever is free. 0: all in one process.
+TEST_WORKERS ?= 2
 test: setup test-system-packages
-	$(RUN) python -m pytest
+	$(RUN) python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
 
 # `make dispatch STUDY="table1 fig1" SCALE=paper EXECUTOR=slurm JOBS=64 ARGS="--partition gpu --gpus-per-task 1"`:
 # a study's pending cells on workers (lmc/dispatch/; EXECUTOR local and SCALE cpu by default).

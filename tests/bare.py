@@ -11,6 +11,7 @@ from importlib.metadata import distributions
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parents[1]
 # The image's packages (the device library's KINDS.md, nvidia-h200, 2026-11-17), as far as this environment has them.
@@ -45,13 +46,28 @@ def image_view(folder: Path) -> Path:
 @pytest.fixture(scope="session")
 def bare_python(tmp_path_factory) -> Path:
     """The python of a bare machine with the bundle installed (skipped, saying why, where the package index
-    cannot be reached to build the bundle)."""
-    tmp = tmp_path_factory.mktemp("bare")
+    cannot be reached to build the bundle). Built once per test run: workers of `pytest -n` share it."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # this run's folder, above each worker's own
+    tmp, done = root / "bare", root / "bare.done"
+    with FileLock(str(root / "bare.lock")):
+        if not done.exists():
+            done.write_text(_build(tmp) or "")
+    skipped = done.read_text()
+    if skipped:
+        pytest.skip(skipped)
+    return tmp / "env/bin/python"
+
+
+def _build(tmp: Path) -> str | None:
+    """Build the bundle and the bare environment in `tmp`; why not (one line), where the index is unreachable."""
+    tmp.mkdir()
     build = subprocess.run([sys.executable, "-m", "lmc.bundle", "--out", str(tmp / "bundle")], cwd=ROOT,
                            capture_output=True, text=True)
     if build.returncode:
         if "network" in build.stderr or "index" in build.stderr:
-            pytest.skip(f"the bundle cannot be built here: {build.stderr.strip().splitlines()[-1]}")
+            return f"the bundle cannot be built here: {build.stderr.strip().splitlines()[-1]}"
         raise AssertionError(build.stderr)
     subprocess.run([sys.executable, "-m", "venv", str(tmp / "env")], check=True)
     python = tmp / "env/bin/python"
@@ -66,4 +82,4 @@ def bare_python(tmp_path_factory) -> Path:
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-index", "--find-links",
                     str(tmp / "bundle/wheels"), "-r", str(tmp / "bundle/requirements.txt")],
                    check=True, env=env, cwd=tmp)
-    return python
+    return None

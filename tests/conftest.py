@@ -1,12 +1,31 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+# `make test` runs 2 workers, and the dispatcher's tests run 2 workers of their own, each torch process with the
+# portable mode's 2 threads: on a 2-core machine OpenMP's spinning waits made them 7x slower (lmc/dispatch/local.py).
+# Waiting passively changes no byte.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import pytest
 
 from lmc import data, datasets
 from lmc.spec import Spec
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    """Under `pytest -n N --dist loadgroup` (`make test`): the tests that share a module-scoped fixture (a `dvc
+    repro` of a tiny study, say) run on one worker, which builds it once; every other test goes to whichever
+    worker is free."""
+    for item in items:
+        defs = getattr(item, "_fixtureinfo", None)
+        shared = sorted(name for name, fixture in (defs.name2fixturedefs.items() if defs else ())
+                        if fixture[-1].scope == "module")
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}:{shared[0]}"))
 
 
 @pytest.fixture(scope="session")

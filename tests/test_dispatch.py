@@ -19,7 +19,7 @@ from lmc.dispatch import common, plan, slurm
 
 from .bare import bare_python  # noqa: F401  (a fixture)
 from .slurm import slurm_cluster  # noqa: F401  (a fixture)
-from .test_pipeline import TINY_STUDIES, commit, copy_repo, ran, sh, write_studies
+from .test_pipeline import TINY_STUDIES, as_from_a_terminal, commit, copy_repo, ran, sh, write_studies
 
 pytestmark = pytest.mark.e2e
 
@@ -77,6 +77,7 @@ def sequential(tmp_path_factory):
 
 def dispatch_cmd(repo, *args, check=True, env=None):
     proc = subprocess.run([sys.executable, "-m", "lmc.dispatch", *args], cwd=repo, capture_output=True, text=True,
+                          preexec_fn=as_from_a_terminal,
                           env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
                                **(env or {})})
     if check and proc.returncode:
@@ -103,7 +104,7 @@ def test_local_workers_give_the_bytes_of_a_sequential_run(tmp_path, sequential):
 def test_a_killed_worker_leaves_its_cell_failed_and_the_next_dispatch_sends_only_it(tmp_path, sequential):
     repo = study_repo(tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "lmc.dispatch", "tiny", "--jobs", "2"], cwd=repo,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_terminal,
                             env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
     records = repo / "studies/cpu/.dispatch/records.json"
     victim = None
@@ -164,7 +165,7 @@ def test_kill_cancels_the_workers_and_keeps_nothing_partial(tmp_path, sig):
     """`kill`, or the terminal or ssh session closing (SIGHUP), cancels as Ctrl-C does."""
     repo = study_repo(tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "lmc.dispatch", "tiny", "--jobs", "2"], cwd=repo,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_terminal,
                             env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
     records = repo / "studies/cpu/.dispatch/records.json"
     pids = []

@@ -9,7 +9,7 @@ import time
 import pytest
 import yaml
 
-from .test_pipeline import BIN, copy_repo, sh
+from .test_pipeline import BIN, as_from_a_terminal, copy_repo, sh
 
 pytestmark = pytest.mark.e2e
 PARAMS = {"epochs": 40, "width": 128, "pairs": 2}  # long enough to be stopped in the middle of training
@@ -36,7 +36,8 @@ def test_interrupted_training_leaves_nothing_half_written_and_reruns_to_the_same
     shutil.rmtree(repo / "reports/train")  # the copy's old curves must not look like this run's progress
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "LMC_RESUME_EVERY_S": "0"}  # save every epoch
     proc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+                            stderr=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=as_from_a_terminal)
     deadline = time.monotonic() + 300
     while epochs_logged(repo) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,13 @@ def sh(cwd, *cmd, check=True):
     if check and proc.returncode:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def as_from_a_terminal() -> None:
+    """`preexec_fn` for a command the test interrupts as a user would: SIGINT and SIGHUP act as they do on a
+    terminal, even where the tests themselves run with them ignored (started with `nohup` or `&`)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def copy_repo(dest: Path, params: dict | None = None) -> Path:

@@ -10,7 +10,7 @@ from .. import studies
 from ..stage import entry
 from .archive import ArchiveExecutor, run_archive
 from .common import EXECUTORS, Detached, DispatchError, state_dir
-from .home import dispatch, dry_run, status
+from .home import dispatch, dry_run, recover, status
 from .local import LocalExecutor, gpu_ids
 from .worker import worker_main
 
@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.studies:
         if not studies.cells(raw, name):  # an unknown study raises: one line, before anything runs
             raise DispatchError(f"dispatch: {name} has no cell at {args.scale} scale (studies/studies.yaml)")
+    recovered = recover(args.scale)  # a dispatcher killed while writing at home: undo that write first
+    if recovered:
+        print(recovered, file=sys.stderr)
     if args.status:
         return print(status(args.scale, args.studies))
     if args.dry_run:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,26 @@ def error_line(err: BaseException, last: bool = False) -> str:
     reason, like sbatch, its last), or the exception's type where the message is empty."""
     lines = [l.strip() for l in str(err).splitlines() if l.strip()] or [type(err).__name__]
     return (lines[-1] if last else lines[0].rstrip(":"))
+
+
+# Fault injection (tests/test_faults.py, benchmarks/faults.py): "<step>:<SIGNAL>" makes the dispatcher send
+# itself SIGNAL the first time it reaches `step` of taking a result home (FAULT_STEPS), as a user's kill, a
+# closed terminal or the OOM killer would at that moment. "commit-cut" leaves first what a write of dvc.lock cut
+# halfway leaves (DVC writes it in place): its first half.
+FAULT_ENV = "LMC_DISPATCH_FAULT"
+FAULT_STEPS = ("journal", "output", "pull", "commit-cut", "commit", "numerics", "records", "sort")
+
+
+def fault(step: str, lock_file: Path | None = None) -> None:
+    spec = os.environ.get(FAULT_ENV, "")
+    if spec.split(":")[0] != step:
+        return
+    del os.environ[FAULT_ENV]  # once
+    if step == "commit-cut" and lock_file is not None:
+        text = lock_file.read_bytes()
+        lock_file.write_bytes(text[:len(text) // 2])
+    os.kill(os.getpid(), getattr(signal, spec.split(":")[1]))
+    time.sleep(1)  # a handled signal acts here, at the latest
 
 
 def state_dir(scale: str) -> Path:

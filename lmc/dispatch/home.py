@@ -3,6 +3,7 @@ taking one result home with its checks, and the records behind `--status`."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import sys
@@ -13,53 +14,102 @@ import yaml
 
 from .. import cost, studies, studies_dvc
 from ..io import write_bytes_atomic, write_text_atomic
-from .common import Detached, DispatchError, Task, add_lock_entries, dvc, md5, squeue, state_dir
+from .common import Detached, DispatchError, Task, add_lock_entries, dvc, fault, md5, squeue, state_dir
 from .plan import (blocked, check_committed, data_stages, pending, planned, sent_out, stage_defs, study_stages,
                    unprepared_note, upstream)
 
 
 # -- home: taking a result in ------------------------------------------------------------------------------
 
+def journal_path(scale: str) -> Path:
+    return state_dir(scale) / "journal.json"
+
+
+@contextlib.contextmanager
+def journaled(scale: str, stage: str, outputs: list[Path] = ()):
+    """Around every write of the scale's dvc.lock at home (DVC writes it in place, so a kill mid-write leaves it
+    cut) and of `outputs`: first the lock and the outputs as they were go to a journal, atomically. If the
+    block fails or is interrupted, they are put back; if the process dies (SIGKILL, power), `recover` puts them
+    back at the next start. Either way nothing partial stays home and the stage is sent again."""
+    lock_file = studies.dvc_file(scale).with_suffix(".lock")
+    saved = {"stage": stage, "lock": lock_file.read_text() if lock_file.exists() else None,
+             "outputs": {str(p): base64.b64encode(p.read_bytes()).decode() if p.exists() else None
+                         for p in outputs}}
+    journal = journal_path(scale)
+    write_text_atomic(journal, json.dumps(saved))
+    fault("journal")
+    try:
+        yield
+    except BaseException:
+        _restore(scale, saved)
+        raise
+    finally:
+        journal.unlink(missing_ok=True)
+
+
+def _restore(scale: str, saved: dict) -> None:
+    lock_file = studies.dvc_file(scale).with_suffix(".lock")
+    if saved["lock"] is None:
+        lock_file.unlink(missing_ok=True)
+    else:
+        write_text_atomic(lock_file, saved["lock"])
+    for path, b64 in saved["outputs"].items():
+        if b64 is None:
+            Path(path).unlink(missing_ok=True)
+        else:
+            write_bytes_atomic(path, base64.b64decode(b64))
+
+
+def recover(scale: str) -> str | None:
+    """After a dispatcher that died while writing at home: the lock and outputs as they were before that write
+    (from the journal); what to tell the user, or None when there was nothing to undo."""
+    journal = journal_path(scale)
+    try:
+        saved = json.loads(journal.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError:  # the journal is written atomically: a damaged one was never a journal of ours
+        raise DispatchError(f"dispatch: {journal} is damaged; check studies/{scale}/dvc.lock parses "
+                            f"(`git diff` it), then remove the journal") from None
+    _restore(scale, saved)
+    journal.unlink()
+    return (f"dispatch: the last dispatch stopped while recording {saved['stage']}; "
+            f"{studies.dvc_file(scale).with_suffix('.lock').relative_to(studies.ROOT.parent)} and its outputs "
+            f"are put back as they were before it, and it will be sent again")
+
+
 def take_home(scale: str, result: dict) -> None:
     """Write a task's uncached outputs (md5-checked against the worker's lock), pull its cached ones, and
     record the stage with `dvc commit`; the lock entry home computes must equal the worker's. On any failure
-    the lock and the outputs are put back as they were: nothing partial stays home."""
+    or interruption the lock and the outputs are put back as they were (`journaled`): nothing partial stays."""
     stage, lock_entry = result["stage"], result["lock"]
     want = {o["path"]: o["md5"] for o in lock_entry.get("outs", [])}
     home = studies.scale_dir(scale)
     lock_file = studies.dvc_file(scale).with_suffix(".lock")
-    before = lock_file.read_text() if lock_file.exists() else None
-    written = []
-    try:
-        for path, b64 in result["files"].items():
+    record = studies.numerics_record(scale, stage)
+    targets = [home / path for path in result["files"]]  # lock paths are relative to the scale's folder
+    with journaled(scale, stage, targets + ([record] if result.get("numerics") else [])):
+        for target, (path, b64) in zip(targets, result["files"].items()):
             payload = base64.b64decode(b64)
             if md5(payload) != want.get(path):
                 raise DispatchError(f"dispatch: {stage}'s {path} came back damaged (md5 differs from its lock); "
                                     f"dispatch again")
-            target = home / path  # lock paths are relative to the scale's folder
-            written.append((target, target.read_bytes() if target.exists() else None))
             write_bytes_atomic(target, payload)
+            fault("output")
         if len(result["files"]) < len(want):  # cached outputs: pulled by the md5s of the worker's lock entry
             add_lock_entries(lock_file, {stage: lock_entry})
             dvc("pull", "-r", "dispatch", stage, cwd=home)
+            fault("pull")
+        fault("commit-cut", lock_file)
         dvc("commit", "-f", "-q", stage, cwd=home)
+        fault("commit")
         recorded = yaml.safe_load(lock_file.read_text())["stages"][stage]
         if recorded != lock_entry:
             raise DispatchError(f"dispatch: {stage} was recorded at home with other hashes than the worker's "
                                 f"(its code, params or data changed since it was sent); dispatch again")
         if result.get("numerics"):
-            write_text_atomic(studies.numerics_record(scale, stage), result["numerics"])
-    except BaseException:
-        if before is None:
-            lock_file.unlink(missing_ok=True)
-        else:
-            write_text_atomic(lock_file, before)
-        for target, old in written:
-            if old is None:
-                target.unlink(missing_ok=True)
-            else:
-                write_bytes_atomic(target, old)
-        raise
+            write_text_atomic(record, result["numerics"])
+            fault("numerics")
 
 
 # -- records: what was sent, what failed ---------------------------------------------------------------------
@@ -155,7 +205,8 @@ def dispatch(scale: str, names: list[str], executor, remote: str | None, git_url
     defs = stage_defs(scale)
     home = studies.scale_dir(scale)
     # First: what is stale can only be told with the data here.
-    dvc("repro", *data_stages(studies.load(scale), names), cwd=home)
+    with journaled(scale, "the data stages"):
+        dvc("repro", *data_stages(studies.load(scale), names), cwd=home)
     plan = planned(scale, [f"report-{n}" for n in names])
     home_cache = (studies.ROOT / ".dvc" / "cache").resolve()
     remote = remote or getattr(executor, "remote", None) or str(home_cache)
@@ -198,7 +249,8 @@ def dispatch(scale: str, names: list[str], executor, remote: str | None, git_url
                     pass
                 elif not sent_out(stage):
                     try:  # a home stage that fails (a report, a dataset) stops only what reads it
-                        dvc("repro", "--single-item", stage, cwd=home)
+                        with journaled(scale, stage):
+                            dvc("repro", "--single-item", stage, cwd=home)
                         if stage.startswith("prepare-") and not shared:
                             dvc("push", "-r", "dispatch", stage, cwd=home)
                         done.add(stage)
@@ -208,6 +260,7 @@ def dispatch(scale: str, names: list[str], executor, remote: str | None, git_url
                 elif stage in results:
                     try:
                         take_home(scale, results[stage])
+                        fault("records")
                         records.pop(stage, None)
                         done.add(stage)
                     except DispatchError as err:
@@ -219,6 +272,7 @@ def dispatch(scale: str, names: list[str], executor, remote: str | None, git_url
                 else:
                     break
                 studies_dvc.sort_lock(scale)  # the lock in dvc.yaml's order, whatever DVC appended
+                fault("sort")
                 at += 1
             if at < len(plan):
                 time.sleep(0.5)

@@ -1,0 +1,64 @@
+"""Faults injected into the dispatcher while it takes results home (lmc/dispatch/common.py: fault): a signal at
+one step of writing a result, its lock entry or the lock's order. After each: the next start puts back what
+was cut (the journal, lmc/dispatch/home.py), the lock parses, every output is absent or complete, `--status`
+counts what the lock holds, and the next dispatch ends byte for byte as a sequential run, in order too.
+
+`make test` runs the cases below; `LMC_FAULTS=all` runs every step under every signal (benchmarks/faults.py,
+which writes reports/faults.md)."""
+import itertools
+import json
+import os
+import signal
+import time
+
+import pytest
+import yaml
+
+from lmc.dispatch.common import FAULT_ENV, FAULT_STEPS
+
+from .test_dispatch import dispatch_cmd, report_runs_no_cell, results, sequential, study_repo  # noqa: F401
+
+pytestmark = pytest.mark.e2e
+SIGNALS = ("SIGKILL", "SIGTERM", "SIGINT", "SIGHUP")
+# The worst cases: killed outright with the lock cut in half, and a polite kill while a trunk is pulled home.
+CASES = (list(itertools.product(FAULT_STEPS, SIGNALS)) if os.environ.get("LMC_FAULTS") == "all"
+         else [("commit-cut", "SIGKILL"), ("pull", "SIGTERM")])
+
+
+def wait_gone(pids, timeout=300.0):
+    """Until the workers an killed dispatcher left behind have finished (they run on, unowned)."""
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            os.killpg(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("step,sig", CASES, ids=[f"{s}-{g}" for s, g in CASES])
+def test_a_dispatcher_stopped_while_taking_a_result_home_loses_nothing(tmp_path, sequential, step, sig):  # noqa: F811
+    repo = study_repo(tmp_path)
+    lock_file, records = repo / "studies/cpu/dvc.lock", repo / "studies/cpu/.dispatch/records.json"
+    first = dispatch_cmd(repo, "tiny", "tinyspawn", "--jobs", "2", check=False, env={FAULT_ENV: f"{step}:{sig}"})
+    assert first.returncode != 0, f"the fault at {step} never fired:\n{first.stderr[-2000:]}"
+    left = [r["pid"] for r in json.loads(records.read_text()).values() if r.get("pid")] if records.exists() else []
+    if sig == "SIGKILL":
+        wait_gone(left)  # killed outright, the dispatcher could not cancel its workers
+    else:  # a signal the dispatcher handles: it cancelled its workers and said so
+        assert first.returncode == 130 and "interrupted; running tasks cancelled" in first.stderr, first.stderr
+    status = dispatch_cmd(repo, "tiny", "tinyspawn", "--status")  # the next start: what was cut is put back
+    if step in ("journal", "output", "pull", "commit-cut", "commit", "numerics") and sig == "SIGKILL":
+        assert "the last dispatch stopped while recording" in status.stderr, status.stderr
+    lock = yaml.safe_load(lock_file.read_text())["stages"]  # parses
+    for name, payload in results(repo).items():  # every output: absent, or the complete result
+        if name != "studies/cpu/dvc.lock":
+            assert payload == sequential[name], name
+    done = sum(1 for s in lock if s.startswith("tiny-"))
+    assert f"tiny: {done} done" in status.stdout, status.stdout
+    dispatch_cmd(repo, "tiny", "tinyspawn", "--jobs", "2")
+    report_runs_no_cell(repo)
+    assert results(repo) == sequential
