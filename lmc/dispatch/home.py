@@ -37,8 +37,8 @@ def journaled(scale: str, stage: str, outputs: list[Path] = ()):
                          for p in outputs}}
     journal = journal_path(scale)
     write_text_atomic(journal, json.dumps(saved))
-    fault("journal")
     try:
+        fault("journal")
         yield
     except BaseException:
         _restore(scale, saved)
