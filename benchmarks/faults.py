@@ -3,7 +3,7 @@ every signal (SIGKILL, SIGTERM, SIGINT, SIGHUP), each case a real dispatch of tw
 workers, stopped there, then started again (tests/test_faults.py holds the case and its checks). Writes
 reports/faults.md: faults injected, recovered, lost or corrupt.
 
-    python benchmarks/faults.py [--workers 2] [--steps commit-cut,pull] [--signals SIGKILL]
+    python benchmarks/faults.py [--steps commit-cut,pull] [--signals SIGKILL]
 """
 import argparse
 import os
@@ -31,7 +31,8 @@ def cpu() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=2, help="pytest-xdist processes")
+    parser.add_argument("--workers", type=int, default=1, help="pytest-xdist processes (the cases share one "
+                        "sequential run to compare with, so they stay on one worker: more gives nothing)")
     parser.add_argument("--steps", default=",".join(FAULT_STEPS))
     parser.add_argument("--signals", default=",".join(SIGNALS))
     args = parser.parse_args()
