@@ -187,6 +187,10 @@ def dvc_file(scale: str) -> Path:
     return scale_dir(scale) / "dvc.yaml"
 
 
+def lock_file(scale: str) -> Path:
+    return scale_dir(scale) / "dvc.lock"
+
+
 def cell_output(scale: str, study: str, cell_id: str) -> Path:
     return scale_dir(scale) / "out" / study / f"{cell_id}.json"
 

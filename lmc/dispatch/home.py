@@ -31,7 +31,7 @@ def journaled(scale: str, stage: str, outputs: list[Path] = ()):
     cut) and of `outputs`: first the lock and the outputs as they were go to a journal, atomically. If the
     block fails or is interrupted, they are put back; if the process dies (SIGKILL, power), `recover` puts them
     back at the next start. Either way nothing partial stays home and the stage is sent again."""
-    lock_file = studies.dvc_file(scale).with_suffix(".lock")
+    lock_file = studies.lock_file(scale)
     saved = {"stage": stage, "lock": lock_file.read_text() if lock_file.exists() else None,
              "outputs": {str(p): base64.b64encode(p.read_bytes()).decode() if p.exists() else None
                          for p in outputs}}
@@ -48,7 +48,7 @@ def journaled(scale: str, stage: str, outputs: list[Path] = ()):
 
 
 def _restore(scale: str, saved: dict) -> None:
-    lock_file = studies.dvc_file(scale).with_suffix(".lock")
+    lock_file = studies.lock_file(scale)
     if saved["lock"] is None:
         lock_file.unlink(missing_ok=True)
     else:
@@ -74,7 +74,7 @@ def recover(scale: str) -> str | None:
     _restore(scale, saved)
     journal.unlink()
     return (f"dispatch: the last dispatch stopped while recording {saved['stage']}; "
-            f"{studies.dvc_file(scale).with_suffix('.lock').relative_to(studies.ROOT.parent)} and its outputs "
+            f"{studies.lock_file(scale)} and its outputs "
             f"are put back as they were before it, and it will be sent again")
 
 
@@ -85,7 +85,7 @@ def take_home(scale: str, result: dict) -> None:
     stage, lock_entry = result["stage"], result["lock"]
     want = {o["path"]: o["md5"] for o in lock_entry.get("outs", [])}
     home = studies.scale_dir(scale)
-    lock_file = studies.dvc_file(scale).with_suffix(".lock")
+    lock_file = studies.lock_file(scale)
     record = studies.numerics_record(scale, stage)
     targets = [home / path for path in result["files"]]  # lock paths are relative to the scale's folder
     with journaled(scale, stage, targets + ([record] if result.get("numerics") else [])):
@@ -225,7 +225,7 @@ def dispatch(scale: str, names: list[str], executor, remote: str | None, git_url
             ready = [s for s in todo if s not in sent and not blocked(s, defs, plan, failed)
                      and all(u in done for u in upstream(s, defs) if u in plan)]
             if ready:
-                lock = yaml.safe_load(studies.dvc_file(scale).with_suffix(".lock").read_text())["stages"]
+                lock = yaml.safe_load(studies.lock_file(scale).read_text())["stages"]
                 print(f"dispatch: sending {len(ready)} task(s) ({', '.join(ready[:3])}"
                       f"{', ...' if len(ready) > 3 else ''})", file=sys.stderr)
                 for s, job in executor.submit([Task(s, scale, commit, git_url, remote, {
