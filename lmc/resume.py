@@ -11,13 +11,16 @@ are written: an in-progress state is never taken for a result.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .io import OutputError, write_text_atomic
 from .models import CheckpointError, read_payload, write_payload
 
 RESUME_FORMAT = 1
@@ -30,6 +33,26 @@ def study_dir(default: Path) -> Path:
     """Where study cells keep their progress: LMC_RESUME_DIR (set by the dispatcher's workers to a folder that
     outlives their clones, so that a requeued task takes it up), else `default`."""
     return Path(os.environ.get(DIR_ENV) or default)
+
+
+def cell_file(folder: Path, scale: str, stage: str) -> Path:
+    """A study cell's resume file (stage: `<study>-<cell id>` of the scale's pipeline)."""
+    return Path(folder) / f"{scale}-{stage}.pt"
+
+
+def progress_file(path: Path) -> Path:
+    """Beside a resume file: the epochs a running stage has completed, `{"epoch": e, "epochs": E}`, written at
+    every epoch's end (what `python -m lmc.dispatch --status` shows)."""
+    return Path(path).with_suffix(".progress.json")
+
+
+def read_progress(path: Path) -> str | None:
+    """"epoch e/E" from a resume file's progress file, or None while there is none."""
+    try:
+        done = json.loads(progress_file(path).read_text())
+        return f"epoch {done['epoch']}/{done['epochs']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def code_hash() -> str:
@@ -80,5 +103,11 @@ class Resume:
                                   "optimizer": optimizer, "history": history})
         self._last = time.monotonic()
 
+    def note(self, epochs_done: int, epochs: int) -> None:
+        """The epochs completed, for --status to show: not worth stopping training for (a full disk, say)."""
+        with contextlib.suppress(OutputError):
+            write_text_atomic(progress_file(self.path), json.dumps({"epoch": epochs_done, "epochs": epochs}))
+
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+        progress_file(self.path).unlink(missing_ok=True)

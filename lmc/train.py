@@ -409,6 +409,8 @@ def train_twins(spec: Spec, model: nn.Module, loaders: list, aug_seeds: list[int
         result.history.append(stats)
         if on_epoch is not None:
             on_epoch(stats)
+        if resume is not None:
+            resume.note(epoch + 1, spec.epochs)
         if resume is not None and epoch + 1 < spec.epochs and step < total and resume.due():
             snap = _snapshot(step, params, opt)
             resume.save(step, _on_cpu(snap.state), _on_cpu(snap.optimizer),

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from lmc import api, numerics, paths, studies, studies_dvc, train
 from lmc.io import write_text_atomic
-from lmc.resume import Resume, study_dir
+from lmc.resume import Resume, cell_file, study_dir
 from lmc.spec import SpecError
 from lmc.stage import entry
 
@@ -43,7 +43,7 @@ def main() -> None:
     if studies.has_shared_trunk(raw, study) and spec.spawn_step:
         trunk = train.load_snapshot(studies.trunk_path(scale, study, spec.spawn_step), studies.trunk_key(spec),
                                     stage=f"{studies.scale_dir(scale)}:trunk-{study}")
-    resume = Resume(study_dir(paths.STUDY_RESUME_DIR) / f"{scale}-{study}-{cell_id}.pt",
+    resume = Resume(cell_file(study_dir(paths.STUDY_RESUME_DIR), scale, f"{study}-{cell_id}"),
                     {"stage": f"{scale}:{study}-{cell_id}", "spec": spec.record()})
     start = time.perf_counter()
     with tqdm(total=api.experiment_work(spec), desc=f"cell {study}/{cell_id}", disable=None) as bar:

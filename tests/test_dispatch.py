@@ -9,13 +9,14 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from lmc.dispatch import common, plan, slurm
+from lmc.dispatch import common, local, plan, slurm
 
 from .bare import bare_python  # noqa: F401  (a fixture)
 from .slurm import slurm_cluster  # noqa: F401  (a fixture)
@@ -37,11 +38,11 @@ STUDIES["studies"] = {
 CELLS = {"tiny-hi-sgd", "tiny-hi-adam", "tiny-med-sgd", "tiny-med-adam"}
 
 
-def study_repo(path: Path) -> Path:
+def study_repo(path: Path, config: dict = STUDIES) -> Path:
     repo = copy_repo(path, {"download": False})
     (repo / "studies/cpu/dvc.lock").unlink()
     sh(repo, "rm", "-r", "studies/cpu/out")
-    write_studies(repo, STUDIES)
+    write_studies(repo, config)
     commit(repo, "tiny studies")
     return repo
 
@@ -386,3 +387,141 @@ def test_a_slurm_task_out_of_time_is_requeued_with_the_same_task(tmp_path, slurm
     executor = slurm.SlurmExecutor(1, tmp_path, None, 0, 1, "1-12", requeues=7)
     assert executor.executor._executor.max_num_timeout == 7
     assert executor.executor.parameters["time"] == 2160  # 1 day and 12 hours
+
+
+def dispatch_bg(repo, *args):
+    """A dispatch running in the background, as a user's terminal starts it."""
+    return subprocess.Popen([sys.executable, "-m", "lmc.dispatch", *args], cwd=repo, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_terminal,
+                            env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+
+
+def started_workers(repo, count, timeout=120.0) -> dict:
+    """stage -> record, once `count` workers are recorded as started."""
+    records = repo / "studies/cpu/.dispatch/records.json"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        running = json.loads(records.read_text()) if records.exists() else {}
+        started = {s: r for s, r in running.items() if r.get("started")}
+        if len(started) >= count:
+            return started
+        time.sleep(0.1)
+    raise AssertionError(f"{count} worker(s) did not start")
+
+
+def test_a_dispatcher_killed_outright_is_followed_by_one_that_adopts_its_workers(tmp_path, sequential):
+    """SIGKILL (the OOM killer, a lost login node) leaves a dispatcher no chance to cancel: its workers run on.
+    While it lived, a second dispatch at its scale was refused; once it is gone, --status says which workers
+    run unowned, and the next dispatch adopts them instead of sending them twice, and ends as a sequential run."""
+    repo = study_repo(tmp_path)
+    first = dispatch_bg(repo, "tiny", "--jobs", "2")
+    running = started_workers(repo, 2)
+    twin = dispatch_cmd(repo, "tiny", "--jobs", "2", check=False)
+    assert twin.returncode == 2 and f"another dispatch (pid {first.pid}) is running at cpu scale" in twin.stderr
+    first.kill()
+    first.communicate(timeout=60)
+    status = dispatch_cmd(repo, "tiny", "--status").stdout
+    # the two it had started run on (or finished, their results not home); the two it held back never ran
+    assert "tiny: 0 done, 2 running, 0 failed, 2 pending" in status, status
+    assert status.count("its dispatcher is gone: the next dispatch adopts it") == 2, status
+    err = dispatch_cmd(repo, "tiny", "--jobs", "2").stderr
+    adopting = next(l for l in err.splitlines() if "adopting" in l)
+    sending = next(l for l in err.splitlines() if "sending" in l)
+    assert "adopting 2 task(s)" in adopting and "sending 2 task(s)" in sending, err
+    assert all(s in adopting and s not in sending for s in running), err  # each ran once
+    report_runs_no_cell(repo, ["tiny"])
+    assert of_tiny(results(repo)) == of_tiny(sequential)
+
+
+def test_status_shows_the_epoch_of_a_running_cell_and_an_adopted_cell_finishes(tmp_path):
+    config = copy.deepcopy(STUDIES)
+    config["studies"] = {"slow": {"title": "slow", "finding": "none", "figure": {"x": "lr", "y": "barrier"},
+                                  "base": {"model": "mlp", "dataset": "mnist", "epochs": 300, "pairs": 1},
+                                  "axes": {"lr": {"hi": {"lr": 0.05}}}}}
+    repo = study_repo(tmp_path, config)
+    first = dispatch_bg(repo, "slow")
+    started_workers(repo, 1)
+    deadline, seen = time.time() + 120, None
+    while seen is None and time.time() < deadline:
+        status = dispatch_cmd(repo, "slow", "--status").stdout
+        seen = next((l for l in status.splitlines() if l.startswith("  running slow-hi: epoch ")), None)
+    assert seen is not None, status
+    epoch, epochs = map(int, seen.split("epoch ")[1].split("/"))
+    assert 1 <= epoch < epochs == 300
+    first.kill()
+    first.communicate(timeout=60)
+    status = dispatch_cmd(repo, "slow", "--status").stdout
+    assert "slow: 0 done, 1 running, 0 failed, 0 pending" in status
+    assert "its dispatcher is gone: the next dispatch adopts it" in status, status
+    err = dispatch_cmd(repo, "slow").stderr
+    assert "adopting 1 task(s)" in err and "sending" not in err, err
+    assert json.loads((repo / "studies/cpu/out/slow/hi.json").read_text())["status"] == "ok"
+
+
+def test_a_slurm_dispatcher_killed_outright_is_followed_by_one_that_adopts_its_array_tasks(tmp_path, sequential,
+                                                                                          slurm_cluster):  # noqa: F811
+    repo = study_repo(tmp_path)
+    args = ("tiny", "--executor", "slurm", "--jobs", "4", "--partition", slurm_cluster.partition,
+            "--cpus-per-task", "1", "--time", "0:10:00")
+    first = dispatch_bg(repo, *args)
+    records = repo / "studies/cpu/.dispatch/records.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and sum(bool(r.get("job")) for r in (
+            json.loads(records.read_text()) if records.exists() else {}).values()) < 4:
+        time.sleep(0.1)
+    first.kill()
+    first.communicate(timeout=60)
+    status = dispatch_cmd(repo, "tiny", "--status").stdout
+    assert "tiny: 0 done, 4 running, 0 failed, 0 pending" in status, status
+    assert status.count("its dispatcher is gone: the next dispatch adopts it") == 4, status
+    err = dispatch_cmd(repo, *args).stderr
+    assert "adopting 4 task(s)" in err and "sending" not in err, err
+    assert len(list((repo / "studies/cpu/.dispatch/slurm").rglob("*_log.out"))) == 4  # each task ran once
+    report_runs_no_cell(repo, ["tiny"])
+    assert of_tiny(results(repo)) == of_tiny(sequential)
+
+
+def poll_until_done(executor, timeout=60.0) -> tuple[list, float]:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        done = executor.poll()
+        if done:
+            return done, time.monotonic() - start
+        time.sleep(0.2)
+    raise AssertionError("no task ended")
+
+
+def test_a_local_result_that_shows_late_is_waited_for_and_one_that_never_shows_fails(tmp_path, monkeypatch):
+    """A worker that ended well but whose result is not visible yet (a network file system) is not a failure
+    until the grace period (LMC_RESULT_GRACE_S) is over."""
+    executor = local.LocalExecutor(1, tmp_path)
+    folder = tmp_path / "local"
+    folder.mkdir()
+    for stage, grace, late in (("shows-late", "30", 2.0), ("never-shows", "1", None)):
+        monkeypatch.setenv("LMC_RESULT_GRACE_S", grace)
+        task = common.Task(stage, "cpu", "0" * 40, "git", "remote", {}, str(tmp_path))
+        executor.running[0] = (task, subprocess.Popen([sys.executable, "-c", "pass"]))  # ends at once, well
+        if late is not None:
+            threading.Timer(late, (folder / f"{stage}.result.json").write_text, ['{"stage": "shows-late"}']).start()
+        done, waited = poll_until_done(executor)
+        assert done == [(stage, folder / f"{stage}.log", {"stage": stage} if late else None)]
+        assert waited >= (late or 1.0) - 0.5
+
+
+def test_a_slurm_result_that_shows_late_is_waited_for(tmp_path, monkeypatch, slurm_cluster):  # noqa: F811
+    """On NFS the result pickle a compute node wrote can stay invisible at home after its task left the queue."""
+    monkeypatch.setenv("LMC_RESULT_GRACE_S", "60")
+    executor = slurm.SlurmExecutor(1, tmp_path, slurm_cluster.partition, 0, 1, "0:05:00")
+    job = executor.executor.submit(dict, stage="late")  # a real array-less job: returns {"stage": "late"}
+    task = common.Task("late", "cpu", "0" * 40, "git", "remote", {}, str(tmp_path))
+    deadline = time.time() + 120
+    while not job.paths.result_pickle.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    while job.job_id in (common.squeue() or {job.job_id}) and time.time() < deadline:
+        time.sleep(0.2)
+    hidden = job.paths.result_pickle.with_name("hidden.pkl")
+    job.paths.result_pickle.rename(hidden)  # gone from the queue, its result not visible yet
+    executor.jobs.append((task, job))
+    threading.Timer(3.0, hidden.rename, [job.paths.result_pickle]).start()
+    done, waited = poll_until_done(executor)
+    assert done == [("late", Path(job.paths.stdout), {"stage": "late"})] and waited >= 2.5

@@ -9,7 +9,7 @@ import sys
 from .. import studies
 from ..stage import entry
 from .archive import ArchiveExecutor, run_archive
-from .common import EXECUTORS, Detached, DispatchError, state_dir
+from .common import EXECUTORS, Detached, DispatchError, claim, holder, state_dir
 from .home import dispatch, dry_run, recover, status
 from .local import LocalExecutor, gpu_ids
 from .worker import worker_main
@@ -56,13 +56,20 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.studies:
         if not studies.cells(raw, name):  # an unknown study raises: one line, before anything runs
             raise DispatchError(f"dispatch: {name} has no cell at {args.scale} scale (studies/studies.yaml)")
-    recovered = recover(args.scale)  # a dispatcher killed while writing at home: undo that write first
-    if recovered:
-        print(recovered, file=sys.stderr)
+    # One dispatcher per scale: the journal, the records and the tasks recorded as running are its own.
+    held = claim(args.scale)
+    if held is not None:
+        recovered = recover(args.scale)  # a dispatcher killed while writing at home: undo that write first
+        if recovered:
+            print(recovered, file=sys.stderr)
     if args.status:
         return print(status(args.scale, args.studies))
     if args.dry_run:
         return print(dry_run(args.scale, args.studies))
+    if held is None:
+        pid = holder(args.scale)
+        raise DispatchError(f"dispatch: another dispatch (pid {pid}) is running at {args.scale} scale; watch it "
+                            f"with --status, or stop it first (kill {pid}: it cancels its tasks)")
     for name in args.studies:
         studies.missing_cpu_results(raw, name)
     if args.executor == "slurm":

@@ -2,6 +2,9 @@
 the dvc and git it calls, and the one-line error."""
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import os
 import signal
@@ -34,26 +37,105 @@ def error_line(err: BaseException, last: bool = False) -> str:
 # Fault injection (tests/test_faults.py, benchmarks/faults.py): "<step>:<SIGNAL>" makes the dispatcher send
 # itself SIGNAL the first time it reaches `step` of taking a result home (FAULT_STEPS), as a user's kill, a
 # closed terminal or the OOM killer would at that moment. "commit-cut" leaves first what a write of dvc.lock cut
-# halfway leaves (DVC writes it in place): its first half.
+# halfway leaves (DVC writes it in place): its first half. "<step>:ENOSPC" fills the disk there instead: every
+# later write at home fails as on a full disk (only on a file system of at most FILL_LIMIT bytes, a test's).
 FAULT_ENV = "LMC_DISPATCH_FAULT"
 FAULT_STEPS = ("journal", "output", "pull", "commit-cut", "commit", "numerics", "records", "sort")
+FILLER = "disk-filler"  # in the folder the dispatcher runs in (the repository's root)
+FILL_LIMIT = 2 << 30
 
 
 def fault(step: str, lock_file: Path | None = None) -> None:
-    spec = os.environ.get(FAULT_ENV, "")
-    if spec.split(":")[0] != step:
+    name, _, action = os.environ.get(FAULT_ENV, "").partition(":")
+    if name != step:
         return
     del os.environ[FAULT_ENV]  # once
+    if action == "ENOSPC":
+        return fill_disk(Path.cwd() / FILLER)
     if step == "commit-cut" and lock_file is not None:
         text = lock_file.read_bytes()
         lock_file.write_bytes(text[:len(text) // 2])
-    os.kill(os.getpid(), getattr(signal, spec.split(":")[1]))
+    os.kill(os.getpid(), getattr(signal, action))
     time.sleep(1)  # a handled signal acts here, at the latest
+
+
+def fill_disk(filler: Path) -> None:
+    """Write `filler` until its file system has no space left (a small one only: a test's tmpfs)."""
+    disk = os.statvfs(filler.parent)
+    if disk.f_blocks * disk.f_frsize > FILL_LIMIT:
+        raise RuntimeError(f"fault injection: refusing to fill {filler.parent}'s file system (over "
+                           f"{FILL_LIMIT >> 30} GiB); run on a small one")
+    chunk = b"\0" * (1 << 20)
+    with open(filler, "wb", buffering=0) as out:
+        for size in (1 << 20, 4096, 1):  # whole MiB, then what is left in pages, then bytes
+            try:
+                while True:
+                    out.write(chunk[:size])
+            except OSError as err:
+                if err.errno != errno.ENOSPC:
+                    raise
+
+
+class LateResults:
+    """A task that ended without a visible result is taken for failed only once it has stayed so for
+    LMC_RESULT_GRACE_S seconds (default 120): on NFS a file another host wrote can stay invisible here for up
+    to a minute (attribute caching: acregmax 60 s by default)."""
+
+    def __init__(self):
+        self.since: dict[str, float] = {}
+
+    def failed(self, key: str, folder: Path) -> bool:
+        with contextlib.suppress(OSError):
+            os.listdir(folder)  # reading the folder revalidates the client's cached entries
+        first = self.since.setdefault(key, time.monotonic())
+        return time.monotonic() - first >= float(os.environ.get("LMC_RESULT_GRACE_S", "120"))
+
+
+def resume_dir(scratch: str | Path) -> Path:
+    """Where the workers' cells keep their training progress: beside their clones, not in one, so that a task
+    killed, cancelled, preempted or out of time and sent again (a requeue, the next dispatch) takes it up."""
+    return Path(scratch).resolve() / "resume"
 
 
 def state_dir(scale: str) -> Path:
     """Records of sent tasks, logs, worker scratch of a scale's dispatches (git- and dvc-ignored)."""
     return studies.scale_dir(scale) / ".dispatch"
+
+
+def claim(scale: str):
+    """The scale's dispatcher lock (an flock the kernel drops when the process dies, SIGKILL included): the open
+    file while this process holds it, or None while another dispatcher runs at this scale."""
+    state_dir(scale).mkdir(parents=True, exist_ok=True)
+    handle = open(state_dir(scale) / "dispatcher.lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    handle.truncate(0)
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def holder(scale: str) -> str:
+    """The pid the dispatcher that holds the scale's lock wrote there ("?" when unreadable)."""
+    try:
+        return (state_dir(scale) / "dispatcher.lock").read_text().strip() or "?"
+    except OSError:
+        return "?"
+
+
+def process_start(pid: int | None) -> str | None:
+    """When process `pid` started (Linux: /proc/<pid>/stat's start time, in clock ticks since boot), which tells
+    it from a later process given the same pid; None when no such process lives (a zombie does not) or the
+    system has no /proc."""
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+    except (OSError, TypeError, ValueError):
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces: field 3 on
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 BIN = Path(sys.executable).absolute().parent  # absolute: workers run dvc from other folders

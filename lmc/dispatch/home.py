@@ -6,6 +6,7 @@ import base64
 import contextlib
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,7 +15,10 @@ import yaml
 
 from .. import cost, studies, studies_dvc
 from ..io import write_bytes_atomic, write_text_atomic
-from .common import Detached, DispatchError, Task, add_lock_entries, dvc, fault, md5, squeue, state_dir
+from ..resume import cell_file, read_progress
+from .common import (Detached, DispatchError, Task, add_lock_entries, dvc, fault, md5, resume_dir, squeue,
+                     state_dir)
+from .local import local_result, stop_worker, worker_alive
 from .plan import (blocked, check_committed, data_stages, pending, planned, sent_out, stage_defs, study_stages,
                    unprepared_note, upstream)
 
@@ -41,10 +45,10 @@ def journaled(scale: str, stage: str, outputs: list[Path] = ()):
         fault("journal")
         yield
     except BaseException:
-        _restore(scale, saved)
-        raise
-    finally:
+        _restore(scale, saved)  # if this fails too (a full disk), the journal stays for `recover`
         journal.unlink(missing_ok=True)
+        raise
+    journal.unlink(missing_ok=True)
 
 
 def _restore(scale: str, saved: dict) -> None:
@@ -131,15 +135,27 @@ def last_error(log: Path) -> str:
     return next((l for l in reversed(lines) if "Error" in l or l.startswith("error")), lines[-1] if lines else "")
 
 
-def alive(record: dict) -> bool:
-    """Whether a task recorded as running still is: its dispatcher (the only one that can take it home) is
-    alive, and a SLURM task that was submitted is still in the queue (or squeue cannot tell)."""
+def standing(scale: str, stage: str, record: dict) -> str:
+    """What became of a task recorded as running: "running" while its dispatcher (the only one that takes it
+    home) is alive and the task is not known to have ended; "unowned" when that dispatcher is gone but the task
+    runs on, or finished with its result waiting (the next dispatch adopts it); "pending" when it never
+    started; else "failed"."""
     try:
         os.kill(record["dispatcher"], 0)
+        owned = True
     except OSError:
-        return False
-    queued = squeue() if record.get("job") else None
-    return queued is None or record["job"] in queued
+        owned = False
+    if record.get("job"):  # SLURM: still queued (or squeue cannot tell), or its result is written (submitit's)
+        queued = squeue()
+        result = state_dir(scale) / "slurm" / record["job"] / f"{record['job']}_0_result.pkl"
+        runs = queued is None or record["job"] in queued or result.exists()
+    elif record.get("executor") == "local":
+        if not owned and not record.get("pid"):
+            return "pending"  # still in its dispatcher's queue when that dispatcher died: it never ran
+        runs = owned or worker_alive(record) or local_result(scale, stage).exists()
+    else:
+        runs = owned
+    return "failed" if not runs else "running" if owned else "unowned"
 
 
 # -- the dispatcher ----------------------------------------------------------------------------------------
@@ -154,20 +170,27 @@ def status(scale: str, names: list[str]) -> str:
     lines = []
     for study, stages in per_study.items():
         groups = {"done": [], "running": [], "in archive": [], "failed": [], "pending": []}
+        details = []
         for s in stages:
             rec = records.get(s)
+            now = standing(scale, s, rec) if rec and rec["state"] == "running" else None
             if s not in todo:
                 groups["done"].append(s)
-            elif rec and rec["state"] == "running" and alive(rec):
+            elif now in ("running", "unowned"):
                 groups["running"].append(s)
+                where = [read_progress(rec["progress"]) if rec.get("progress") else None,
+                         "its dispatcher is gone: the next dispatch adopts it" if now == "unowned" else None]
+                if any(where):
+                    details.append(f"  running {s}: {', '.join(w for w in where if w)}")
             elif rec and rec["state"] == "archived":  # written out by the archive executor, not back yet
                 groups["in archive"].append(s)
-            elif rec:  # failed, or recorded running by a dispatcher that is gone
+            elif rec and now != "pending":  # failed, or ended unowned without a result
                 groups["failed"].append(s)
             else:
                 groups["pending"].append(s)
         lines.append(f"{study}: " + ", ".join(f"{len(v)} {k}" for k, v in groups.items()
                                               if v or k != "in archive"))
+        lines += details
         for s in groups["failed"]:
             log = records[s].get("log")
             lines.append(f"  failed {s}: {log or 'no log'}: "
@@ -196,6 +219,20 @@ def dry_run(scale: str, names: list[str]) -> str:
     return "\n".join(lines + unprepared_note(raw, names))
 
 
+def adopt(executor, task: Task, record: dict) -> bool:
+    """Take over the task a dispatch that is gone left running (or finished, its result not taken home), if
+    it ran on this executor and ran this very task; else stop it (it is sent again, and its cell takes up its
+    saved progress, lmc/resume.py)."""
+    if record.get("executor") == getattr(executor, "kind", None) and hasattr(executor, "adopt") \
+            and executor.adopt(task, record):
+        return True
+    if record.get("executor") == "local":
+        stop_worker(record)
+    elif record.get("job"):
+        subprocess.run(["scancel", record["job"]], capture_output=True, check=False)
+    return False
+
+
 def dispatch(scale: str, names: list[str], executor, remote: str | None, git_url: str | None,
              scratch: str | None, progress=None) -> list[str]:
     """Bring the reports of `names` up to date: the stages a sequential `dvc repro` would run, taken home in
@@ -218,6 +255,8 @@ def dispatch(scale: str, names: list[str], executor, remote: str | None, git_url
     if progress is not None:
         progress.reset(total=len(todo))
     records = load_records(scale)
+    # This dispatcher holds the scale (common.claim): a task recorded as running was left by one that is gone.
+    orphans = {s: r for s, r in records.items() if r["state"] == "running"}
     done, failed, results, sent = set(), [], {}, set()
     at = 0
     try:
@@ -226,11 +265,22 @@ def dispatch(scale: str, names: list[str], executor, remote: str | None, git_url
                      and all(u in done for u in upstream(s, defs) if u in plan)]
             if ready:
                 lock = yaml.safe_load(studies.lock_file(scale).read_text())["stages"]
-                print(f"dispatch: sending {len(ready)} task(s) ({', '.join(ready[:3])}"
-                      f"{', ...' if len(ready) > 3 else ''})", file=sys.stderr)
-                for s, job in executor.submit([Task(s, scale, commit, git_url, remote, {
-                        u: lock[u] for u in upstream(s, defs, cached=True)}, scratch) for s in ready]):
-                    records[s] = {"state": "running", **job}
+                tasks = [Task(s, scale, commit, git_url, remote, {u: lock[u] for u in upstream(s, defs, cached=True)},
+                              scratch) for s in ready]
+                adopted = [t for t in tasks if t.stage in orphans and adopt(executor, t, orphans.pop(t.stage))]
+                if adopted:
+                    print(f"dispatch: adopting {len(adopted)} task(s) a dispatch that is gone left running or "
+                          f"finished ({', '.join(t.stage for t in adopted[:3])}{', ...' if len(adopted) > 3 else ''})",
+                          file=sys.stderr)
+                    for t in adopted:
+                        records[t.stage]["dispatcher"] = os.getpid()
+                fresh = [t for t in tasks if t not in adopted]
+                if fresh:
+                    print(f"dispatch: sending {len(fresh)} task(s) ({', '.join(t.stage for t in fresh[:3])}"
+                          f"{', ...' if len(fresh) > 3 else ''})", file=sys.stderr)
+                for s, job in executor.submit(fresh) if fresh else []:
+                    records[s] = {"state": "running", **job,
+                                  "progress": str(cell_file(resume_dir(scratch), scale, s))}
                 sent.update(ready)
                 save_records(scale, records)
             for stage, ids in executor.ids().items():  # worker pids, SLURM job ids and logs, once known
@@ -278,7 +328,7 @@ def dispatch(scale: str, names: list[str], executor, remote: str | None, git_url
                 time.sleep(0.5)
     except BaseException as stop:  # Ctrl-C, a stage at home that failed, or tasks out in an archive
         executor.cancel()  # no task is left running behind us
-        kept = {s: r for s, r in records.items() if r["state"] != "running"}
+        kept = {s: r for s, r in records.items() if r["state"] != "running" or s in orphans}
         if isinstance(stop, Detached):
             kept.update({t.stage: {**records[t.stage], "state": "archived"} for t in executor.archived})
             executor.retire(done | set(failed))

@@ -12,12 +12,13 @@ import time
 from pathlib import Path
 
 from ..io import write_text_atomic
-from .common import CANCEL_WAIT_S, Task
+from .common import CANCEL_WAIT_S, LateResults, Task, process_start, state_dir
 
 
 class LocalExecutor:
     """`jobs` worker processes on this machine: each gets one GPU (CUDA_VISIBLE_DEVICES) where there are
     GPUs, else an equal share of the cores (OMP_NUM_THREADS); tasks beyond that wait their turn here."""
+    kind = "local"
 
     def __init__(self, jobs: int, state: Path):
         self.jobs, self.folder = jobs, state / "local"
@@ -25,9 +26,13 @@ class LocalExecutor:
         self.gpus = [g for g in (gpus.split(",") if gpus is not None else gpu_ids()) if g]
         self.queue: list[Task] = []
         self.running: dict[int, tuple[Task, subprocess.Popen]] = {}  # slot -> (task, worker process)
+        self.late = LateResults()
 
     def _log(self, stage: str) -> Path:
         return self.folder / f"{stage}.log"
+
+    def _files(self, stage: str) -> dict[str, Path]:
+        return {k: self.folder / f"{stage}.{k}.json" for k in ("task", "result")}
 
     def submit(self, tasks: list[Task]) -> list[tuple[str, dict]]:
         self.queue += tasks
@@ -38,7 +43,7 @@ class LocalExecutor:
     def _start(self) -> None:
         while self.queue and len(self.running) < self.jobs:
             task = self.queue.pop(0)
-            slot = next(i for i in range(self.jobs) if i not in self.running)
+            slot = next(i for i in range(len(self.running) + 1) if i not in self.running)
             env = dict(os.environ)
             if self.gpus:
                 env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
@@ -50,7 +55,7 @@ class LocalExecutor:
                     # 130 s against 19 s passive, one alone 13-15 s either way); the bytes do not depend on it
                     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
             self.folder.mkdir(parents=True, exist_ok=True)
-            files = {k: self.folder / f"{task.stage}.{k}.json" for k in ("task", "result")}
+            files = self._files(task.stage)
             files["result"].unlink(missing_ok=True)
             write_text_atomic(files["task"], json.dumps(dataclasses.asdict(task)))
             with open(self._log(task.stage), "w") as log:
@@ -59,7 +64,27 @@ class LocalExecutor:
                     stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True))
 
     def ids(self) -> dict[str, dict]:
-        return {task.stage: {"pid": proc.pid} for task, proc in self.running.values()}
+        return {task.stage: {"pid": proc.pid, "started": process_start(proc.pid), "slot": slot}
+                for slot, (task, proc) in self.running.items() if process_start(proc.pid)}
+
+    def adopt(self, task: Task, record: dict) -> bool:
+        """Take over the worker a dispatcher that is gone left for `task` (`record`: what that dispatcher
+        recorded), if it ran this very task and still runs, or finished with a result: it is then watched, and
+        cancelled, like this dispatcher's own. False where it cannot be (another task, gone without a result)."""
+        files = self._files(task.stage)
+        try:
+            sent = json.loads(files["task"].read_text())
+        except (OSError, ValueError):
+            return False
+        if sent != json.loads(json.dumps(dataclasses.asdict(task))):
+            return False
+        if not record.get("pid") or not (files["result"].exists() or worker_alive(record)):
+            return False  # never started, or ended without a result
+        slot = record.get("slot", 0)
+        if slot in self.running:
+            slot = next(i for i in range(len(self.running) + 1) if i not in self.running)
+        self.running[slot] = (task, Adopted(record["pid"], record.get("started"), files["result"]))
+        return True
 
     def poll(self) -> list[tuple[str, Path, dict | None]]:
         """Finished tasks: (stage, log, result), result None when the task failed or was killed."""
@@ -67,8 +92,10 @@ class LocalExecutor:
         for slot, (task, proc) in list(self.running.items()):
             if proc.poll() is None:
                 continue
-            del self.running[slot]
             result = self.folder / f"{task.stage}.result.json"
+            if proc.returncode == 0 and not result.exists() and not self.late.failed(task.stage, self.folder):
+                continue  # it ended well: its result is on its way (a network file system)
+            del self.running[slot]
             ok = proc.returncode == 0 and result.exists()
             done.append((task.stage, self._log(task.stage), json.loads(result.read_text()) if ok else None))
         self._start()
@@ -88,8 +115,60 @@ class LocalExecutor:
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         for _, proc in self.running.values():
-            wait_group_gone(proc.pid)
+            if isinstance(proc, Adopted):  # its group's exited members are not ours to wait for
+                with contextlib.suppress(OSError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                wait_group_gone(proc.pid)
         self.running.clear()
+
+
+def local_result(scale: str, stage: str) -> Path:
+    """Where a local worker writes its task's result (atomically, as its last act)."""
+    return state_dir(scale) / "local" / f"{stage}.result.json"
+
+
+class Adopted:
+    """A worker another dispatcher started (not our child: its exit status is not ours to read), seen through
+    the Popen methods the executor uses. It succeeded iff it wrote its result (atomically, as its last act)."""
+
+    def __init__(self, pid: int, started: str | None, result: Path):
+        self.pid, self.started, self.result = pid, started, result
+        self.returncode = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and (self.started is None or process_start(self.pid) != self.started):
+            self.returncode = 0 if self.result.exists() else 1
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = time.monotonic() + (timeout if timeout is not None else float("inf"))
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout)
+            time.sleep(0.05)
+        return self.returncode
+
+
+def worker_alive(record: dict) -> bool:
+    """Whether the local worker a record names still runs: its pid is alive and started when the record says
+    (not a later process given the same pid)."""
+    return bool(record.get("started")) and process_start(record.get("pid")) == record["started"]
+
+
+def stop_worker(record: dict) -> None:
+    """End a worker a dispatcher that is gone left running (its whole process group), if it still runs."""
+    if not worker_alive(record):
+        return
+    worker = Adopted(record["pid"], record["started"], Path(os.devnull))
+    for sig, wait in ((signal.SIGTERM, CANCEL_WAIT_S), (signal.SIGKILL, CANCEL_WAIT_S)):
+        with contextlib.suppress(OSError):
+            os.killpg(worker.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            worker.wait(wait)
+            break
+    with contextlib.suppress(OSError):  # what of its group outlived it (not waited for: not our children)
+        os.killpg(worker.pid, signal.SIGKILL)
 
 
 def wait_group_gone(pgid: int, timeout: float = 10.0) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from submitit.helpers import Checkpointable
 
-from .common import DispatchError, Task, error_line, squeue
+from .common import DispatchError, LateResults, Task, error_line, squeue
 from .worker import run_task
 
 
@@ -23,6 +23,7 @@ class SlurmExecutor:
     """Array jobs through submitit, one array task per stage, at most `jobs` tasks out at once (queued here
     beyond that). Without accounting (slurmdbd) submitit cannot tell how a task ended, so a task that left
     `squeue` without a result file failed (killed, cancelled, out of time)."""
+    kind = "slurm"
 
     def __init__(self, jobs: int, state: Path, partition: str | None, gpus_per_task: int, cpus_per_task: int,
                  time_limit: str, requeues: int = 20):
@@ -31,7 +32,8 @@ class SlurmExecutor:
         self.limit = jobs
         # A task out of time or preempted is requeued (submitit signals it before the limit; Requeueable tells
         # it to resubmit) up to `requeues` times, and its cell takes up its saved progress.
-        self.executor = submitit.AutoExecutor(folder=str(state / "slurm" / "%j"), cluster="slurm",
+        self.folder = state / "slurm" / "%j"
+        self.executor = submitit.AutoExecutor(folder=str(self.folder), cluster="slurm",
                                               slurm_max_num_timeout=requeues)
         params = dict(timeout_min=minutes(time_limit), cpus_per_task=cpus_per_task, name="lmc-dispatch")
         if partition:
@@ -41,6 +43,7 @@ class SlurmExecutor:
         self.executor.update_parameters(**params)
         self.queue: list[Task] = []
         self.jobs: list[tuple[Task, object]] = []
+        self.late = LateResults()
 
     def submit(self, tasks: list[Task]) -> list[tuple[str, dict]]:
         self.queue += tasks
@@ -60,6 +63,24 @@ class SlurmExecutor:
                                 f"--gpus-per-task") from None
         self.jobs += list(zip(batch, jobs))
 
+    def adopt(self, task: Task, record: dict) -> bool:
+        """Take over the array task a dispatcher that is gone left for `task`, if it was submitted with this
+        very task and is still queued or left its result."""
+        import submitit
+        from submitit.core.utils import DelayedSubmission
+
+        job = submitit.SlurmJob(folder=self.folder, job_id=record["job"])
+        try:
+            sent = DelayedSubmission.load(job.paths.submitted_pickle)
+        except Exception:  # noqa: BLE001 (absent, or unreadable: not a task to adopt)
+            return False
+        queued = squeue()
+        if sent.args != (task,) or not (job.paths.result_pickle.exists() or queued is None
+                                        or record["job"] in queued):
+            return False
+        self.jobs.append((task, job))
+        return True
+
     def ids(self) -> dict[str, dict]:
         return {t.stage: {"job": j.job_id, "log": str(j.paths.stdout)} for t, j in self.jobs}
 
@@ -75,6 +96,8 @@ class SlurmExecutor:
                 except Exception:  # noqa: BLE001 (a failed task: its traceback is in its log)
                     result = None
             elif job.job_id not in queued:
+                if not self.late.failed(job.job_id, job.paths.folder):
+                    continue  # out of the queue, its result maybe not yet visible here (NFS)
                 result = None
             else:
                 continue

@@ -19,7 +19,7 @@ import yaml
 from .. import studies
 from ..io import write_text_atomic
 from ..resume import DIR_ENV as RESUME_DIR_ENV
-from .common import BIN, CANCEL_WAIT_S, ENV, Task, add_lock_entries, dvc, git, outputs
+from .common import BIN, CANCEL_WAIT_S, ENV, Task, add_lock_entries, dvc, git, outputs, resume_dir
 
 
 def run_task(task: Task) -> dict:
@@ -35,11 +35,9 @@ def run_task(task: Task) -> dict:
         if task.pull:
             add_lock_entries(proj / "dvc.lock", task.pull)
             dvc("pull", "-r", "dispatch", *task.pull, cwd=proj)
-        # Training's progress goes beside the clones, not into one: a task killed, cancelled, preempted or out
-        # of time and sent again (a requeue, the next dispatch) takes it up (lmc/resume.py).
         run = subprocess.run([str(BIN / "dvc"), "repro", "--single-item", task.stage], cwd=proj,
                              stderr=subprocess.PIPE, text=True,
-                             env={**ENV, RESUME_DIR_ENV: str(Path(task.scratch).resolve() / "resume")})
+                             env={**ENV, RESUME_DIR_ENV: str(resume_dir(task.scratch))})  # lmc/resume.py
         if run.returncode:
             sys.stderr.write(run.stderr)
             last = next((l for l in reversed(run.stderr.splitlines()) if l.strip()), "no output")
