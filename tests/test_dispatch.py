@@ -525,3 +525,29 @@ def test_a_slurm_result_that_shows_late_is_waited_for(tmp_path, monkeypatch, slu
     threading.Timer(3.0, hidden.rename, [job.paths.result_pickle]).start()
     done, waited = poll_until_done(executor)
     assert done == [("late", Path(job.paths.stdout), {"stage": "late"})] and waited >= 2.5
+
+
+def test_a_slurm_task_cancelled_mid_cell_is_failed_and_the_next_dispatch_sends_only_it(tmp_path, sequential,
+                                                                                      slurm_cluster):  # noqa: F811
+    repo = study_repo(tmp_path)
+    args = ("tiny", "--executor", "slurm", "--jobs", "4", "--partition", slurm_cluster.partition,
+            "--cpus-per-task", "1", "--time", "0:10:00")
+    first = subprocess.Popen([sys.executable, "-m", "lmc.dispatch", *args], cwd=repo, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_terminal,
+                             env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+                                  "LMC_RESULT_GRACE_S": "5"})
+    records = repo / "studies/cpu/.dispatch/records.json"
+    deadline, victim = time.time() + 120, None
+    while victim is None and time.time() < deadline:
+        time.sleep(0.1)
+        running = json.loads(records.read_text()) if records.exists() else {}
+        victim = next((s for s, r in running.items() if r.get("job") in (common.squeue() or ())), None)
+    assert victim is not None, "no task reached the queue"
+    subprocess.run(["scancel", json.loads(records.read_text())[victim]["job"]], check=True)
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 2 and "1 task(s) failed" in err and victim in err, err
+    assert victim not in yaml.safe_load((repo / "studies/cpu/dvc.lock").read_text())["stages"]
+    out = dispatch_cmd(repo, *args).stderr
+    assert f"sending 1 task(s) ({victim})" in out, out
+    report_runs_no_cell(repo, ["tiny"])
+    assert of_tiny(results(repo)) == of_tiny(sequential)
