@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from lmc.dispatch import common, local, plan, slurm
+from lmc.resume import read_progress
 
 from .bare import bare_python  # noqa: F401  (a fixture)
 from .slurm import slurm_cluster  # noqa: F401  (a fixture)
@@ -433,12 +434,17 @@ def test_a_dispatcher_killed_outright_is_followed_by_one_that_adopts_its_workers
     assert of_tiny(results(repo)) == of_tiny(sequential)
 
 
-def test_status_shows_the_epoch_of_a_running_cell_and_an_adopted_cell_finishes(tmp_path):
+def slow_study(epochs: int = 300) -> dict:
+    """One cell (slow-hi) that trains for a while: 300 epochs of 10 steps, about 30 s on 2 cores."""
     config = copy.deepcopy(STUDIES)
     config["studies"] = {"slow": {"title": "slow", "finding": "none", "figure": {"x": "lr", "y": "barrier"},
-                                  "base": {"model": "mlp", "dataset": "mnist", "epochs": 300, "pairs": 1},
+                                  "base": {"model": "mlp", "dataset": "mnist", "epochs": epochs, "pairs": 1},
                                   "axes": {"lr": {"hi": {"lr": 0.05}}}}}
-    repo = study_repo(tmp_path, config)
+    return config
+
+
+def test_status_shows_the_epoch_of_a_running_cell_and_an_adopted_cell_finishes(tmp_path):
+    repo = study_repo(tmp_path, slow_study())
     first = dispatch_bg(repo, "slow")
     started_workers(repo, 1)
     deadline, seen = time.time() + 120, None
@@ -551,3 +557,41 @@ def test_a_slurm_task_cancelled_mid_cell_is_failed_and_the_next_dispatch_sends_o
     assert f"sending 1 task(s) ({victim})" in out, out
     report_runs_no_cell(repo, ["tiny"])
     assert of_tiny(results(repo)) == of_tiny(sequential)
+
+
+def test_a_slurm_task_preempted_or_out_of_time_is_requeued_and_its_cell_resumes_to_the_same_bytes(
+        tmp_path, slurm_cluster):  # noqa: F811
+    """SLURM tells a task that it is out of time (`--signal-delay` seconds before `--time`) or preempted with the
+    same signal (USR2, submitit's); sent here by hand mid-cell, at a known epoch. The task requeues itself, and
+    its cell continues from its last saved epoch to the bytes of an uninterrupted run."""
+    (tmp_path / "dispatched").mkdir()
+    (tmp_path / "sequential").mkdir()
+    repo, reference = study_repo(tmp_path / "dispatched", slow_study()), study_repo(tmp_path / "sequential", slow_study())
+    first = subprocess.Popen([sys.executable, "-m", "lmc.dispatch", "slow", "--executor", "slurm", "--jobs", "1",
+                              "--partition", slurm_cluster.partition, "--cpus-per-task", "1", "--time", "0:10:00",
+                              "--signal-delay", "30"],
+                             cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=as_from_a_terminal,
+                             env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+                                  "LMC_RESUME_EVERY_S": "0"})
+    records = repo / "studies/cpu/.dispatch/records.json"
+    def epoch(record: dict) -> int:
+        done = read_progress(record["progress"]) if record.get("job") else None  # "epoch e/E"
+        return int(done.split()[1].split("/")[0]) if done else 0
+
+    deadline, record = time.time() + 300, {}
+    while time.time() < deadline and epoch(record) < 5:
+        time.sleep(0.2)
+        record = json.loads(records.read_text()).get("slow-hi", {}) if records.exists() else {}
+    assert record.get("job"), "the task did not start training"
+    subprocess.run(["scancel", "--signal=USR2", record["job"]], check=True)  # what SLURM sends before --time
+    sh(reference / "studies/cpu", "dvc", "repro", "slow-hi")  # meanwhile: the same cell, uninterrupted
+    _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err
+    log = "".join(p.read_text() for p in (repo / "studies/cpu/.dispatch/slurm").rglob("*_log.*"))
+    assert "Caught signal SIGUSR2" in log and "DUE TO JOB REQUEUE" in log, log[-3000:]  # requeued by SLURM,
+    assert "continuing at step" in log, log[-3000:]  # not started over (SLURM holds a requeued job ~2 min)
+    for path in ("studies/cpu/out/slow/hi.json",):
+        assert (repo / path).read_bytes() == (reference / path).read_bytes()
+    lock = [yaml.safe_load((r / "studies/cpu/dvc.lock").read_text())["stages"]["slow-hi"] for r in (repo, reference)]
+    assert lock[0] == lock[1]

@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--time", default="4:00:00", help="SLURM time limit per task, [D-]HH:MM[:SS]")
     parser.add_argument("--requeues", type=int, default=20, help="SLURM: times a task out of time or preempted "
                         "is requeued; it continues from its last saved epoch (LMC_RESUME_EVERY_S, default 300 s)")
+    parser.add_argument("--signal-delay", type=int, default=90, help="SLURM: seconds before the time limit at "
+                        "which a task is told to requeue (SLURM may signal up to a minute early)")
     parser.add_argument("--remote", help="DVC remote URL the workers trade data through (default: the home "
                         "studies cache, which needs a shared filesystem; archive: its own folder)")
     parser.add_argument("--git-url", help="where workers clone the home commit from (default: this repository)")
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         from .slurm import SlurmExecutor  # submitit: not needed by the other executors (a bare machine lacks it)
 
         executor = SlurmExecutor(args.jobs, state_dir(args.scale), args.partition, args.gpus_per_task,
-                                 args.cpus_per_task, args.time, args.requeues)
+                                 args.cpus_per_task, args.time, args.requeues, args.signal_delay)
     elif args.executor == "archive":
         given = [f for f, v in (("--remote", args.remote), ("--git-url", args.git_url), ("--scratch", args.scratch))
                  if v]

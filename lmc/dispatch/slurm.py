@@ -26,7 +26,7 @@ class SlurmExecutor:
     kind = "slurm"
 
     def __init__(self, jobs: int, state: Path, partition: str | None, gpus_per_task: int, cpus_per_task: int,
-                 time_limit: str, requeues: int = 20):
+                 time_limit: str, requeues: int = 20, signal_delay_s: int = 90):
         import submitit
 
         self.limit = jobs
@@ -35,7 +35,8 @@ class SlurmExecutor:
         self.folder = state / "slurm" / "%j"
         self.executor = submitit.AutoExecutor(folder=str(self.folder), cluster="slurm",
                                               slurm_max_num_timeout=requeues)
-        params = dict(timeout_min=minutes(time_limit), cpus_per_task=cpus_per_task, name="lmc-dispatch")
+        params = dict(timeout_min=minutes(time_limit), cpus_per_task=cpus_per_task, name="lmc-dispatch",
+                      slurm_signal_delay_s=signal_delay_s)
         if partition:
             params["slurm_partition"] = partition
         if gpus_per_task:

@@ -38,8 +38,8 @@ def run_task(task: Task) -> dict:
         run = subprocess.run([str(BIN / "dvc"), "repro", "--single-item", task.stage], cwd=proj,
                              stderr=subprocess.PIPE, text=True,
                              env={**ENV, RESUME_DIR_ENV: str(resume_dir(task.scratch))})  # lmc/resume.py
+        sys.stderr.write(run.stderr)  # into the task's log: the stage's one-line error, or its resume and time
         if run.returncode:
-            sys.stderr.write(run.stderr)
             last = next((l for l in reversed(run.stderr.splitlines()) if l.strip()), "no output")
             raise RuntimeError(f"dvc repro {task.stage} failed: {last}")
         locked = yaml.safe_load((proj / "dvc.lock").read_text())["stages"][task.stage]
