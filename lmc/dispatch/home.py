@@ -135,18 +135,18 @@ def last_error(log: Path) -> str:
     return next((l for l in reversed(lines) if "Error" in l or l.startswith("error")), lines[-1] if lines else "")
 
 
-def standing(scale: str, stage: str, record: dict) -> str:
+def standing(scale: str, stage: str, record: dict, queued: set[str] | None = None) -> str:
     """What became of a task recorded as running: "running" while its dispatcher (the only one that takes it
     home) is alive and the task is not known to have ended; "unowned" when that dispatcher is gone but the task
     runs on, or finished with its result waiting (the next dispatch adopts it); "pending" when it never
-    started; else "failed"."""
+    started; else "failed". `queued`: SLURM's queue (squeue), if the caller has it."""
     try:
         os.kill(record["dispatcher"], 0)
         owned = True
     except OSError:
         owned = False
     if record.get("job"):  # SLURM: still queued (or squeue cannot tell), or its result is written (submitit's)
-        queued = squeue()
+        queued = squeue() if queued is None else queued
         result = state_dir(scale) / "slurm" / record["job"] / f"{record['job']}_0_result.pkl"
         runs = queued is None or record["job"] in queued or result.exists()
     elif record.get("executor") == "local":
@@ -167,13 +167,14 @@ def status(scale: str, names: list[str]) -> str:
     per_study = study_stages(raw, names)
     records = load_records(scale)
     todo = pending(scale, [s for stages in per_study.values() for s in stages], stage_defs(scale))
+    queued = squeue() if any(r.get("job") for r in records.values()) else None  # asked once
     lines = []
     for study, stages in per_study.items():
         groups = {"done": [], "running": [], "in archive": [], "failed": [], "pending": []}
         details = []
         for s in stages:
             rec = records.get(s)
-            now = standing(scale, s, rec) if rec and rec["state"] == "running" else None
+            now = standing(scale, s, rec, queued) if rec and rec["state"] == "running" else None
             if s not in todo:
                 groups["done"].append(s)
             elif now in ("running", "unowned"):

@@ -105,6 +105,8 @@ class LocalExecutor:
         """Stop every worker (its whole process group: the worker, its dvc and the stage it runs)."""
         self.queue.clear()
         for _, proc in self.running.values():
+            if isinstance(proc, Adopted) and proc.poll() is not None:
+                continue  # gone: its pid may be another process's by now
             with contextlib.suppress(OSError):
                 os.killpg(proc.pid, signal.SIGTERM)
         for _, proc in self.running.values():
@@ -115,10 +117,7 @@ class LocalExecutor:
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         for _, proc in self.running.values():
-            if isinstance(proc, Adopted):  # its group's exited members are not ours to wait for
-                with contextlib.suppress(OSError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-            else:
+            if not isinstance(proc, Adopted):  # an adopted worker's group is not ours to wait for
                 wait_group_gone(proc.pid)
         self.running.clear()
 
@@ -161,14 +160,12 @@ def stop_worker(record: dict) -> None:
     if not worker_alive(record):
         return
     worker = Adopted(record["pid"], record["started"], Path(os.devnull))
-    for sig, wait in ((signal.SIGTERM, CANCEL_WAIT_S), (signal.SIGKILL, CANCEL_WAIT_S)):
+    for sig in (signal.SIGTERM, signal.SIGKILL):  # its group: the worker, its dvc, the stage
         with contextlib.suppress(OSError):
             os.killpg(worker.pid, sig)
         with contextlib.suppress(subprocess.TimeoutExpired):
-            worker.wait(wait)
-            break
-    with contextlib.suppress(OSError):  # what of its group outlived it (not waited for: not our children)
-        os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(CANCEL_WAIT_S)
+            return
 
 
 def wait_group_gone(pgid: int, timeout: float = 10.0) -> None:
