@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lmc import models
+from lmc.resume import Resume
 from lmc.spec import Spec
 from lmc.train import train_pairs
 
@@ -70,3 +71,32 @@ def test_each_precision_is_deterministic_and_differs_from_fp32(precision, mnist5
     assert all(t.dtype == torch.float32 for t in first.state.values())  # fp32 master weights
     if DEVICE == "cuda":
         assert not torch.backends.cuda.matmul.allow_tf32  # training's TF32 ends with training
+
+
+@pytest.mark.parametrize("killed_after", [1, 2])
+def test_a_run_killed_after_an_epoch_resumes_on_the_device_to_the_uninterrupted_bytes(killed_after, mnist5k, tmp_path,
+                                                                                       capsys):
+    """lmc/resume.py on the device: the graphed step, Adam's state and the warm-up schedule taken up from the
+    saved file (device-free tensors) give the bytes of the run that was never stopped."""
+    spec = Spec(optimizer="adam", lr=1e-3, width=64, epochs=3, batch_size=384, pairs=2, warmup_epochs=1,
+                schedule="cosine", augment=True)
+    reference = _train(spec, mnist5k[0])
+    key = {"stage": "test", "spec": spec.record()}
+
+    class Killed(Exception):
+        pass
+
+    first = Resume(tmp_path / "train.pt", key, every_s=0)
+    save = first.save
+
+    def save_then_kill(step, state, optimizer, history):
+        save(step, state, optimizer, history)
+        if len(history) == killed_after:
+            raise Killed  # right after the epoch's progress was saved
+
+    first.save = save_then_kill
+    with pytest.raises(Killed):
+        _train(spec, mnist5k[0], resume=first)
+    resumed = _train(spec, mnist5k[0], resume=Resume(tmp_path / "train.pt", key, every_s=0))
+    assert f"continuing at step {killed_after * spec.steps_per_epoch}" in capsys.readouterr().err
+    assert _same(resumed, reference) and resumed.history == reference.history
