@@ -26,6 +26,8 @@ FAULTS = ("SIGKILL", "SIGTERM", "SIGINT", "SIGHUP", "ENOSPC")
 OTHERS = (
     ("dispatcher SIGTERM mid-dispatch: workers cancelled, nothing partial",
      "test_kill_cancels_the_workers_and_keeps_nothing_partial[SIGTERM]"),
+    ("dispatcher SIGINT mid-dispatch (Ctrl-C): as SIGTERM",
+     "test_kill_cancels_the_workers_and_keeps_nothing_partial[SIGINT]"),
     ("dispatcher SIGHUP mid-dispatch (terminal closed): as SIGTERM",
      "test_kill_cancels_the_workers_and_keeps_nothing_partial[SIGHUP]"),
     ("dispatcher SIGKILL mid-dispatch, local workers: the next dispatch adopts them",

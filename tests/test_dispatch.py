@@ -162,9 +162,9 @@ def test_a_dispatch_at_another_scale_sends_only_its_cells_and_leaves_the_cpu_sca
                 } & set(changed), changed  # tiny at paper scale is up to date
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["SIGTERM", "SIGINT", "SIGHUP"])
 def test_kill_cancels_the_workers_and_keeps_nothing_partial(tmp_path, sig):
-    """`kill`, or the terminal or ssh session closing (SIGHUP), cancels as Ctrl-C does."""
+    """`kill`, Ctrl-C (SIGINT), or the terminal or ssh session closing (SIGHUP) cancels."""
     repo = study_repo(tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "lmc.dispatch", "tiny", "--jobs", "2"], cwd=repo,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_terminal,
@@ -181,7 +181,7 @@ def test_kill_cancels_the_workers_and_keeps_nothing_partial(tmp_path, sig):
     while not (scratch.exists() and any(scratch.iterdir())) and time.time() < deadline:
         time.sleep(0.2)  # until a worker has its clone
     assert any(scratch.iterdir()), "no worker made its clone"
-    proc.send_signal(sig)  # (SIGINT is ignored under `nohup ... &`)
+    proc.send_signal(sig)  # (the dispatch was started as from a terminal: SIGINT and SIGHUP not ignored)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "interrupted; running tasks cancelled" in err
     for pid in pids:  # each worker's whole process group (its dvc, the stage) is gone
