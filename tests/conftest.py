@@ -15,6 +15,11 @@ from lmc import data, datasets
 from lmc.spec import Spec
 
 
+def pytest_configure(config):
+    # pytest-xdist's mark, declared for runs without it (`TEST_WORKERS=0`, `-p no:xdist`)
+    config.addinivalue_line("markers", "xdist_group(name): tests that run on one worker")
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     """Under `pytest -n N --dist loadgroup` (`make test`): the tests that share a module-scoped fixture (a `dvc
