@@ -160,7 +160,9 @@ def dvc(*args: str, cwd: Path = studies.ROOT, check: bool = True) -> subprocess.
     if check and proc.returncode:
         lines = (proc.stderr + proc.stdout).strip().splitlines()
         last = next((l for l in lines if l.startswith(("ERROR", "error"))), lines[-1] if lines else "no output")
-        raise DispatchError(f"dispatch: `dvc {' '.join(args)}` failed in {cwd}: {last}")
+        full = "No space left on device" in proc.stderr + proc.stdout  # the disk at home: what to do
+        raise DispatchError(f"dispatch: `dvc {' '.join(args)}` failed in {cwd}: {last}"
+                            + ("; free disk space, then dispatch again" if full else ""))
     return proc
 
 
