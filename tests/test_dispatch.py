@@ -87,6 +87,27 @@ def dispatch_cmd(repo, *args, check=True, env=None):
     return proc
 
 
+def dispatch_bg(repo, *args, env=None):
+    """A dispatch running in the background, as a user's terminal starts it."""
+    return subprocess.Popen([sys.executable, "-m", "lmc.dispatch", *args], cwd=repo, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_terminal,
+                            env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+                                 **(env or {})})
+
+
+def started_workers(repo, count, timeout=120.0) -> dict:
+    """stage -> record, once `count` workers are recorded as started."""
+    records = repo / "studies/cpu/.dispatch/records.json"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        running = json.loads(records.read_text()) if records.exists() else {}
+        started = {s: r for s, r in running.items() if r.get("started")}
+        if len(started) >= count:
+            return started
+        time.sleep(0.1)
+    raise AssertionError(f"{count} worker(s) did not start")
+
+
 def test_local_workers_give_the_bytes_of_a_sequential_run(tmp_path, sequential):
     repo = study_repo(tmp_path)
     dry = dispatch_cmd(repo, "tiny", "tinyspawn", "--dry-run").stdout
@@ -105,17 +126,9 @@ def test_local_workers_give_the_bytes_of_a_sequential_run(tmp_path, sequential):
 
 def test_a_killed_worker_leaves_its_cell_failed_and_the_next_dispatch_sends_only_it(tmp_path, sequential):
     repo = study_repo(tmp_path)
-    proc = subprocess.Popen([sys.executable, "-m", "lmc.dispatch", "tiny", "--jobs", "2"], cwd=repo,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_terminal,
-                            env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    proc = dispatch_bg(repo, "tiny", "--jobs", "2")
     records = repo / "studies/cpu/.dispatch/records.json"
-    victim = None
-    deadline = time.time() + 120
-    while victim is None and time.time() < deadline:
-        time.sleep(0.2)
-        running = json.loads(records.read_text()) if records.exists() else {}
-        victim = next((r for r in running.values() if r["state"] == "running"), None)
-    assert victim is not None, "no worker started"
+    victim = next(iter(started_workers(repo, 1).values()))  # one with a worker (the others may be queued)
     time.sleep(2)  # mid-cell: cloning, pulling or training
     os.killpg(victim["pid"], signal.SIGKILL)
     _, err = proc.communicate(timeout=300)
@@ -166,9 +179,7 @@ def test_a_dispatch_at_another_scale_sends_only_its_cells_and_leaves_the_cpu_sca
 def test_kill_cancels_the_workers_and_keeps_nothing_partial(tmp_path, sig):
     """`kill`, Ctrl-C (SIGINT), or the terminal or ssh session closing (SIGHUP) cancels."""
     repo = study_repo(tmp_path)
-    proc = subprocess.Popen([sys.executable, "-m", "lmc.dispatch", "tiny", "--jobs", "2"], cwd=repo,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_terminal,
-                            env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    proc = dispatch_bg(repo, "tiny", "--jobs", "2")
     records = repo / "studies/cpu/.dispatch/records.json"
     pids = []
     deadline = time.time() + 120
@@ -390,26 +401,6 @@ def test_a_slurm_task_out_of_time_is_requeued_with_the_same_task(tmp_path, slurm
     assert executor.executor.parameters["time"] == 2160  # 1 day and 12 hours
 
 
-def dispatch_bg(repo, *args):
-    """A dispatch running in the background, as a user's terminal starts it."""
-    return subprocess.Popen([sys.executable, "-m", "lmc.dispatch", *args], cwd=repo, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_terminal,
-                            env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
-
-
-def started_workers(repo, count, timeout=120.0) -> dict:
-    """stage -> record, once `count` workers are recorded as started."""
-    records = repo / "studies/cpu/.dispatch/records.json"
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        running = json.loads(records.read_text()) if records.exists() else {}
-        started = {s: r for s, r in running.items() if r.get("started")}
-        if len(started) >= count:
-            return started
-        time.sleep(0.1)
-    raise AssertionError(f"{count} worker(s) did not start")
-
-
 def test_a_dispatcher_killed_outright_is_followed_by_one_that_adopts_its_workers(tmp_path, sequential):
     """SIGKILL (the OOM killer, a lost login node) leaves a dispatcher no chance to cancel: its workers run on.
     While it lived, a second dispatch at its scale was refused; once it is gone, --status says which workers
@@ -538,10 +529,7 @@ def test_a_slurm_task_cancelled_mid_cell_is_failed_and_the_next_dispatch_sends_o
     repo = study_repo(tmp_path)
     args = ("tiny", "--executor", "slurm", "--jobs", "4", "--partition", slurm_cluster.partition,
             "--cpus-per-task", "1", "--time", "0:10:00")
-    first = subprocess.Popen([sys.executable, "-m", "lmc.dispatch", *args], cwd=repo, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_terminal,
-                             env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-                                  "LMC_RESULT_GRACE_S": "5"})
+    first = dispatch_bg(repo, *args, env={"LMC_RESULT_GRACE_S": "5"})
     records = repo / "studies/cpu/.dispatch/records.json"
     deadline, victim = time.time() + 120, None
     while victim is None and time.time() < deadline:
@@ -567,13 +555,9 @@ def test_a_slurm_task_preempted_or_out_of_time_is_requeued_and_its_cell_resumes_
     (tmp_path / "dispatched").mkdir()
     (tmp_path / "sequential").mkdir()
     repo, reference = study_repo(tmp_path / "dispatched", slow_study()), study_repo(tmp_path / "sequential", slow_study())
-    first = subprocess.Popen([sys.executable, "-m", "lmc.dispatch", "slow", "--executor", "slurm", "--jobs", "1",
-                              "--partition", slurm_cluster.partition, "--cpus-per-task", "1", "--time", "0:10:00",
-                              "--signal-delay", "30"],
-                             cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             preexec_fn=as_from_a_terminal,
-                             env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-                                  "LMC_RESUME_EVERY_S": "0"})
+    first = dispatch_bg(repo, "slow", "--executor", "slurm", "--jobs", "1", "--partition", slurm_cluster.partition,
+                        "--cpus-per-task", "1", "--time", "0:10:00", "--signal-delay", "30",
+                        env={"LMC_RESUME_EVERY_S": "0"})
     records = repo / "studies/cpu/.dispatch/records.json"
     def epoch(record: dict) -> int:
         done = read_progress(record["progress"]) if record.get("job") else None  # "epoch e/E"
