@@ -34,6 +34,9 @@ class LocalExecutor:
     def _files(self, stage: str) -> dict[str, Path]:
         return {k: self.folder / f"{stage}.{k}.json" for k in ("task", "result")}
 
+    def _free_slot(self) -> int:
+        return next(i for i in range(len(self.running) + 1) if i not in self.running)
+
     def submit(self, tasks: list[Task]) -> list[tuple[str, dict]]:
         self.queue += tasks
         self._start()
@@ -43,7 +46,7 @@ class LocalExecutor:
     def _start(self) -> None:
         while self.queue and len(self.running) < self.jobs:
             task = self.queue.pop(0)
-            slot = next(i for i in range(len(self.running) + 1) if i not in self.running)
+            slot = self._free_slot()
             env = dict(os.environ)
             if self.gpus:
                 env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
@@ -64,8 +67,9 @@ class LocalExecutor:
                     stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True))
 
     def ids(self) -> dict[str, dict]:
-        return {task.stage: {"pid": proc.pid, "started": process_start(proc.pid), "slot": slot}
-                for slot, (task, proc) in self.running.items() if process_start(proc.pid)}
+        started = {slot: process_start(proc.pid) for slot, (_, proc) in self.running.items()}
+        return {task.stage: {"pid": proc.pid, "started": started[slot], "slot": slot}
+                for slot, (task, proc) in self.running.items() if started[slot]}
 
     def adopt(self, task: Task, record: dict) -> bool:
         """Take over the worker a dispatcher that is gone left for `task` (`record`: what that dispatcher
@@ -82,7 +86,7 @@ class LocalExecutor:
             return False  # never started, or ended without a result
         slot = record.get("slot", 0)
         if slot in self.running:
-            slot = next(i for i in range(len(self.running) + 1) if i not in self.running)
+            slot = self._free_slot()
         self.running[slot] = (task, Adopted(record["pid"], record.get("started"), files["result"]))
         return True
 
@@ -92,7 +96,7 @@ class LocalExecutor:
         for slot, (task, proc) in list(self.running.items()):
             if proc.poll() is None:
                 continue
-            result = self.folder / f"{task.stage}.result.json"
+            result = self._files(task.stage)["result"]
             if proc.returncode == 0 and not result.exists() and not self.late.failed(task.stage, self.folder):
                 continue  # it ended well: its result is on its way (a network file system)
             del self.running[slot]
