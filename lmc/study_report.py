@@ -177,69 +177,56 @@ def markdown(raw: dict, study: str, frame: pd.DataFrame) -> str:
 
 
 def figure(raw: dict, study: str, frame: pd.DataFrame, path, pairs: pd.DataFrame | None = None) -> None:
-    """Two panels (test, train) of the study's `figure: {x, hue, y}`; x and hue are axis names or spec keys.
+    """The study's `figure: {x, hue, y}` in two panels (test, train); x and hue are axis names or spec keys.
     With `pairs` (pair_frame) of n > 1 pairs in every cell, bars and points are the pairs' mean with the
     Student-t 95% interval (mean ± t(0.975, n-1)·s/√n, the tables' interval); cells with different n get no
-    error bars (the table still has each cell's interval)."""
+    error bars (the table still has each cell's interval). Optional keys of `figure:`: `row` (a spec key: one
+    row of panels per value, e.g. per model family, with `row_titles`), `palette: categorical` (hues that have
+    no order), `accuracy` (a third panel, the test accuracy of A and B, with the paper's number for a hue as
+    a horizontal line: `{<hue value>: [percent, label]}`), `cross_init` and `xscale`. At any scale but cpu the
+    cpu scale's value of each cell is drawn beside, dotted: the scale is its own dimension."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.lines
-    import matplotlib.ticker
     import seaborn as sns
 
     fig_spec = raw["studies"][study]["figure"]
-    cells = frame
     col = lambda name: name if name in frame.columns else f"spec_{name}"  # noqa: E731
-    x, hue, y = col(fig_spec["x"]), (col(fig_spec["hue"]) if "hue" in fig_spec else None), fig_spec["y"]
+    x, hue = col(fig_spec["x"]), (col(fig_spec["hue"]) if "hue" in fig_spec else None)
     if pd.api.types.is_numeric_dtype(frame.get(f"spec_{fig_spec['x']}", pd.Series(dtype=object))):
         x = f"spec_{fig_spec['x']}"  # an axis named like a spec key (width: w128, …): plot along the values
     n = pairs.groupby("cell").size() if pairs is not None and len(pairs) else pd.Series(dtype=int)
-    errorbar = None
+    errorbar, points = None, frame
     if len(n) and n.min() > 1 and n.nunique() == 1:  # one t quantile serves every cell only if they share n
-        errorbar = ("se", float(stats.t.ppf(0.975, int(n.iloc[0]) - 1)))
-        frame = pairs
-    long = []
-    for split in SPLITS:
-        part = frame.assign(split=split, value=100 * frame[f"{y}_{split}"].astype(float))
-        long.append(part)
-    long = pd.concat(long, ignore_index=True)
-    numeric_x = pd.api.types.is_numeric_dtype(long[x])
+        errorbar, points = ("se", float(stats.t.ppf(0.975, int(n.iloc[0]) - 1))), pairs
+    row_key = col(fig_spec["row"]) if "row" in fig_spec else None
+    rows = list(dict.fromkeys(frame[row_key])) if row_key else [None]
+    panels = list(SPLITS) + (["accuracy"] if fig_spec.get("accuracy") else [])
+    hues = list(dict.fromkeys(frame[hue].astype(str))) if hue else []
+    palette = dict(zip(hues, sns.color_palette("tab10" if fig_spec.get("palette") == "categorical" else "viridis",
+                                               len(hues))))
     sns.set_theme(style="whitegrid")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, split in zip(axes, SPLITS):
-        part = long[long["split"] == split]
-        hue_kw = {"hue": part[hue].astype(str), "palette": "viridis",
-                  "hue_order": list(dict.fromkeys(part[hue].astype(str)))} if hue else {}
-        if numeric_x:
-            sns.lineplot(data=part, x=x, y="value", marker="o", ax=ax, errorbar=errorbar, **hue_kw)
-            handles, labels = ax.get_legend_handles_labels()  # one solid line per hue (not the dashed below)
-            legend = ([matplotlib.lines.Line2D([], [], color=h.get_color(), marker="o") for h in handles], labels)
-            if fig_spec.get("cross_init"):  # dashed: A of pair 0 vs A of pair 1, one value per cell
-                ok = cells[cells["status"] == "ok"]
-                sns.lineplot(x=ok[x], y=100 * ok[f"barrier_{split}_cross_init"].astype(float), marker="x",
-                             linestyle="--", ax=ax, legend=False, errorbar=None,
-                             **({**hue_kw, "hue": ok[hue].astype(str)} if hue else {}))
-            values = sorted(part[x].unique())
-            if fig_spec.get("xscale") == "symlog":  # steps 0, 8, …, 480: spread the small ones out
-                ax.set_xscale("symlog", linthresh=min(v for v in values if v > 0))
-                ax.set_xlim(values[0], values[-1] * 1.1)
-            elif fig_spec.get("xscale") == "log":  # widths 128, 256, …: equal steps for each doubling
-                ax.set_xscale("log", base=2)
-            if fig_spec.get("xscale") in ("symlog", "log"):
-                ax.set_xticks(values, [f"{v:g}" for v in values])
-                ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-        else:
-            sns.barplot(data=part, x=x, y="value", ax=ax, errorbar=errorbar, **hue_kw)
-            ax.tick_params(axis="x", labelrotation=20)
-        ax.axhline(100 * THRESHOLD, color="red", lw=0.8, ls="--")
-        label = "normalized barrier" if y == "normalized_barrier" else "barrier"
-        ax.set(title=split + (" (dashed: cross-init)" if fig_spec.get("cross_init") else ""), xlabel=fig_spec["x"],
-               ylabel=f"{label} (%)")
-        if hue:
-            ax.legend(*(legend if numeric_x else ax.get_legend_handles_labels()), title=fig_spec["hue"], fontsize=8)
-    unstable = cells.loc[cells["status"] != "ok", "cell"].tolist()
+    fig, axes = plt.subplots(len(rows), len(panels), figsize=(5.5 * len(panels) + 2.5, 4 * len(rows)),
+                             squeeze=False)
+    for r, row_value in enumerate(rows):
+        row_legend = {}  # one legend per row, right of its panels (lines: in the panels, it hid the data)
+        for c, panel in enumerate(panels):
+            ax = axes[r][c]
+            if c and panel != "accuracy":
+                ax.sharey(axes[r][0])
+            pick = (lambda f: f[f[row_key] == row_value]) if row_key else (lambda f: f)  # noqa: E731
+            handles = _panel(ax, fig_spec, panel, pick(points), pick(frame), x, hue, palette, errorbar,
+                             raw["scale"])
+            row_legend.update({h.get_label(): h for h in handles})
+            title = panel if panel != "accuracy" else "test accuracy, mean of A and B"
+            if row_key:
+                title = f"{fig_spec.get('row_titles', {}).get(row_value, row_value)}: {title}"
+            ax.set_title(title, fontsize=10)
+        if row_legend:
+            axes[r][-1].legend(handles=list(row_legend.values()), title=fig_spec.get("hue"), fontsize=8,
+                               title_fontsize=9, loc="upper left", bbox_to_anchor=(1.02, 1))
+    unstable = frame.loc[frame["status"] != "ok", "cell"].tolist()
     title = raw["studies"][study]["title"] + f"  [{raw['scale']} scale]"
     if unstable:
         title += "\nunstable (not drawn): " + ", ".join(unstable)
@@ -247,3 +234,68 @@ def figure(raw: dict, study: str, frame: pd.DataFrame, path, pairs: pd.DataFrame
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
+
+
+def _panel(ax, fig_spec: dict, panel: str, points: pd.DataFrame, cells: pd.DataFrame, x: str, hue: str | None,
+           palette: dict, errorbar, scale: str) -> list:
+    """One panel: a split's barrier (or the test accuracy) against x, one line or bar group per hue. Returns
+    the legend's handles of a line plot (a bar plot keeps its legend in the panel)."""
+    import matplotlib.lines
+    import matplotlib.ticker
+    import seaborn as sns
+
+    y = fig_spec["y"]
+    ok = cells[cells["status"] == "ok"]
+    if panel == "accuracy":
+        value = lambda f: 50 * (f["acc_test_a"].astype(float) + f["acc_test_b"].astype(float))  # noqa: E731
+        cpu_value = lambda f: 100 * f["cpu_acc_test"].astype(float)  # noqa: E731  (the cpu scale's A)
+        ylabel = "test accuracy (%)"
+    else:
+        value = lambda f: 100 * f[f"{y}_{panel}"].astype(float)  # noqa: E731
+        cpu_value = lambda f: 100 * f[f"cpu_barrier_{panel}"].astype(float)  # noqa: E731
+        ylabel = ("normalized barrier" if y == "normalized_barrier" else "barrier") + " (%)"
+    hue_kw = lambda f: ({"hue": f[hue].astype(str), "palette": palette,  # noqa: E731
+                         "hue_order": [h for h in palette if h in set(f[hue].astype(str))]} if hue else {})
+    part = points.assign(value=value(points))
+    numeric_x = pd.api.types.is_numeric_dtype(part[x])
+    legend = []
+    if numeric_x:
+        sns.lineplot(data=part, x=x, y="value", marker="o", ax=ax, errorbar=errorbar, legend=False, **hue_kw(part))
+        legend = [matplotlib.lines.Line2D([], [], color=palette.get(h, "C0"), marker="o", label=h)
+                  for h in (hue_kw(part).get("hue_order") or [])]
+        styles = [("solid", f"{scale} scale" + (" (mean, 95% interval)" if errorbar else ""))]
+        if fig_spec.get("cross_init") and panel != "accuracy":  # A of pair 0 vs A of pair 1, one value per cell
+            sns.lineplot(x=ok[x], y=100 * ok[f"barrier_{panel}_cross_init"].astype(float), marker="x", linestyle="--",
+                         ax=ax, legend=False, errorbar=None, **hue_kw(ok))
+            styles.append(("--", "cross-init (A of two inits)"))
+        if "cpu_status" in cells:  # the same cells at cpu scale, where they ran
+            cpu = cells[cells["cpu_status"] == "ok"]
+            if len(cpu):
+                sns.lineplot(x=cpu[x], y=cpu_value(cpu), marker="s", linestyle=":", ax=ax, legend=False,
+                             errorbar=None, **hue_kw(cpu))
+                styles.append((":", "cpu scale"))
+        if panel == "accuracy":
+            for h, (percent, label) in fig_spec["accuracy"].items() if isinstance(fig_spec["accuracy"], dict) else ():
+                if h in palette and h in set(part[hue].astype(str)):
+                    ax.axhline(percent, color=palette[h], lw=1, ls="-.")
+                    styles.append(("-.", f"paper: {h} {percent}% ({label})"))
+        if len(styles) > 1:  # what each line style means, where there is more than one
+            legend += [matplotlib.lines.Line2D([], [], color="gray", linestyle=ls, label=lab) for ls, lab in styles]
+        values = sorted(part[x].unique())
+        if fig_spec.get("xscale") == "symlog":  # steps 0, 8, …, 480: spread the small ones out
+            ax.set_xscale("symlog", linthresh=min(v for v in values if v > 0))
+            ax.set_xlim(values[0], values[-1] * 1.1)
+        elif fig_spec.get("xscale") == "log":  # widths 128, 256, …: equal steps for each doubling
+            ax.set_xscale("log", base=2)
+        if fig_spec.get("xscale") in ("symlog", "log"):
+            ax.set_xticks(values, [f"{v:g}" for v in values])
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    else:
+        sns.barplot(data=part, x=x, y="value", ax=ax, errorbar=errorbar, **hue_kw(part))
+        ax.tick_params(axis="x", labelrotation=20)
+    if panel != "accuracy":
+        ax.axhline(100 * THRESHOLD, color="red", lw=0.8, ls="--")
+    ax.set(xlabel=fig_spec["x"], ylabel=ylabel)
+    if hue and not numeric_x:
+        ax.legend(*ax.get_legend_handles_labels(), title=fig_spec["hue"], fontsize=8)
+    return legend

@@ -316,6 +316,38 @@ def test_width_report_gives_the_cross_init_barrier_and_the_studys_notes(tmp_path
     assert (tmp_path / "w.png").read_bytes().startswith(b"\x89PNG")
 
 
+def _drawn(monkeypatch, raw: dict, study: str):
+    """The matplotlib Figure that study_report.figure draws for `study` at raw's scale (not saved)."""
+    drawn = []
+    monkeypatch.setattr(study_report, "save_figure", lambda fig, path: drawn.append(fig))
+    study_report.figure(raw, study, study_report.cell_frame(raw, study), None, study_report.pair_frame(raw, study))
+    return drawn[0]
+
+
+def test_width_figure_gives_each_family_its_row_a_colour_per_setup_and_the_cpu_scale_beside(tmp_path, monkeypatch):
+    fake_results(tmp_path, monkeypatch, RAW, "width", barrier=lambda c: 0.07, pairs=2)
+    fig = _drawn(monkeypatch, RAW, "width")
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == [f"{family}: {panel}" for family in ("Table 2's MLPs", "Table 1's linear networks")
+                      for panel in ("test", "train", "test accuracy, mean of A and B")]
+    mlp_acc, linear_acc = fig.axes[2], fig.axes[5]
+    colours = [h.get_color() for h in mlp_acc.get_legend().legend_handles if h.get_marker() == "o"]
+    assert [t.get_text() for t in mlp_acc.get_legend().get_texts()][:5] == [
+        "mlp-sgd-hi", "mlp-sgd-hi-warmup", "mlp-adam-med", "mlp-adam-hi", "mlp-adam-hi-warmup"]
+    assert len(set(map(str, colours))) == 5  # a categorical palette: no two setups share a colour
+    assert "linear-L4-adam-hi" in [t.get_text() for t in linear_acc.get_legend().get_texts()]
+    # Table 4's accuracy of the 1-hidden-layer MLP with SGD lr 0.1: a line in its row, not in the linear one's
+    assert any(list(line.get_ydata()) == [98.32, 98.32] for line in mlp_acc.get_lines())
+    assert not any(list(line.get_ydata()) == [98.32, 98.32] for line in linear_acc.get_lines())
+    assert not [l for ax in fig.axes for l in ax.get_lines() if l.get_linestyle() == ":"]  # cpu: nothing beside
+    fake_results(tmp_path, monkeypatch, PAPER, "width", barrier=lambda c: 0.03, pairs=2)
+    paper = _drawn(monkeypatch, PAPER, "width")
+    dotted = [l for l in paper.axes[0].get_lines() if l.get_linestyle() == ":"]  # MLPs, test: the cpu scale's
+    # its five widths: 7.05% each (pairs of 7.0 and 7.1%), where the paper scale's own are near 3%
+    assert dotted and all(list(l.get_ydata()) == pytest.approx([7.05] * 5) for l in dotted)
+    assert "cpu scale" in [t.get_text() for t in paper.axes[2].get_legend().get_texts()]
+
+
 # -- the scales side by side -------------------------------------------------------------------------------
 
 def _stages(scale: str, raw: dict = RAW) -> dict:
