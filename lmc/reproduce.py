@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -130,32 +131,44 @@ RELOCK_KEYS = ("barrier_test", "barrier_train", "barrier_test_cross_init", "barr
 
 def relock_report(ref: str, results: list[Path], title: str) -> str:
     """A markdown table of how each result's barriers moved against `ref` (in percentage points), and every
-    verdict against the 2% line that changed: what a relock reports."""
+    verdict against the 2% line that changed: what a relock reports. A summary comes first, one row per
+    group of results (the default experiment, then each study)."""
     from .report import THRESHOLD
     rows = ["| result | metric | before (%) | after (%) | moved (pp) | verdict |", "|---|---|---|---|---|---|"]
-    changed, largest, compared = [], 0.0, 0
+    groups: dict[str, dict] = {}
     for path in results:
         before = _load(committed(ref, path))
         after = _load(path.read_text() if path.exists() else None)
         old, new = before.get("metrics", before), after.get("metrics", after)
+        name = "default experiment" if path == paths.METRICS else f"{path.parts[-4]}/{path.parent.name}"
+        group = groups.setdefault(name,
+                                  {"compared": 0, "moves": [], "flips": []})
         for key in RELOCK_KEYS:
             a, b = old.get(key), new.get(key)
             if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
                 if a is not None or b is not None:
                     rows.append(f"| {path.as_posix()} | {key} | {a} | {b} | | status |")
                 continue
-            compared += 1
-            largest = max(largest, abs(b - a))
+            group["compared"] += 1
             flip = (a < THRESHOLD) != (b < THRESHOLD)
             verdict = ("**connected → not**" if b >= THRESHOLD else "**not → connected**") if flip else ""
             if flip:
-                changed.append(f"{path.as_posix()} {key}")
+                group["flips"].append(f"{path.as_posix()} {key} ({100 * a:.2f} → {100 * b:.2f}%)")
             if a != b:
+                group["moves"].append(abs(b - a))
                 rows.append(f"| {path.as_posix()} | {key} | {100 * a:.2f} | {100 * b:.2f} | {100 * (b - a):+.2f} | {verdict} |")
-    summary = (f"{compared} barriers compared with {ref}; {len(rows) - 2} moved, the largest by "
-               f"{100 * largest:.2f} pp; verdicts against the {100 * THRESHOLD:.0f}% line that changed: "
-               + (", ".join(changed) if changed else "none"))
-    return f"# {title}\n\n{summary}.\n\n" + "\n".join(rows) + "\n"
+    moves = [m for g in groups.values() for m in g["moves"]]
+    flips = [f for g in groups.values() for f in g["flips"]]
+    summary = (f"{sum(g['compared'] for g in groups.values())} barriers compared with {ref}; {len(moves)} moved, "
+               f"the largest by {100 * max(moves, default=0.0):.2f} pp; verdicts against the "
+               f"{100 * THRESHOLD:.0f}% line that changed: " + (", ".join(flips) if flips else "none"))
+    table = ["| results | barriers compared | moved | median move of those (pp) | largest move (pp) | verdicts "
+             "changed |", "|---|---|---|---|---|---|"]
+    for name, g in groups.items():
+        median = f"{100 * statistics.median(g['moves']):.2f}" if g["moves"] else "–"
+        table.append(f"| {name} | {g['compared']} | {len(g['moves'])} | {median} | "
+                     f"{100 * max(g['moves'], default=0.0):.2f} | {len(g['flips']) or 'none'} |")
+    return f"# {title}\n\n{summary}.\n\n" + "\n".join(table) + "\n\n" + "\n".join(rows) + "\n"
 
 
 def _record_path(project: Path, stage: str) -> Path:

@@ -38,3 +38,34 @@ def test_a_scale_of_the_studies_keeps_its_numerics_records_in_its_own_folder():
         assert reproduce._record_path(studies.scale_dir(scale), "table2-sgd-hi") == \
             studies.numerics_record(scale, "table2-sgd-hi") == Path(f"studies/{scale}/numerics/table2-sgd-hi.json")
     assert (ROOT / reproduce._record_path(Path("studies/cpu"), "trunk-spawn")).exists()  # a committed one
+
+
+def test_a_relock_report_gives_each_study_its_summary_and_names_every_changed_verdict(tmp_path, monkeypatch):
+    import json
+    import subprocess
+
+    def write(path: Path, **metrics):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"metrics": metrics}))
+
+    monkeypatch.chdir(tmp_path)
+    git = lambda *args: subprocess.run(["git", *args], check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    cell, same, default = (Path("studies/cpu/out/t2/adam-hi.json"), Path("studies/cpu/out/t2/sgd.json"),
+                           paths.METRICS)
+    write(cell, barrier_test=0.012, barrier_train=0.019, barrier_test_cross_init=0.05)
+    write(same, barrier_test=0.001, barrier_train=0.0)
+    write(default, barrier_test=0.003, barrier_train=0.0)
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "before")
+    write(cell, barrier_test=0.010, barrier_train=0.0205, barrier_test_cross_init=0.05)  # train crosses 2%
+    write(default, barrier_test=0.0027, barrier_train=0.0)
+    text = reproduce.relock_report("HEAD", [default, cell, same], "t")
+    summary, table = text.split("\n\n")[1], text.split("\n\n")[2]
+    assert summary.startswith("7 barriers compared with HEAD; 3 moved, the largest by 0.20 pp") and \
+        summary.endswith("changed: studies/cpu/out/t2/adam-hi.json barrier_train (1.90 → 2.05%).")
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines()[2:]}
+    assert list(rows) == ["default experiment", "cpu/t2"]
+    assert rows["default experiment"] == "| default experiment | 2 | 1 | 0.03 | 0.03 | none |"
+    assert rows["cpu/t2"] == "| cpu/t2 | 5 | 2 | 0.18 | 0.20 | 1 |"  # moves of 0.20 and 0.15 pp
+    assert "| studies/cpu/out/t2/adam-hi.json | barrier_train | 1.90 | 2.05 | +0.15 | **connected → not** |" in text
