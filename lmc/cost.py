@@ -150,9 +150,11 @@ def report(raw: dict) -> str:
                   "evaluation): " + "; ".join(checks) + "."]
     measured = json.loads(MEASURED.read_text()) if MEASURED.exists() else {}
     lines += ["", "## cpu scale, the development CPU (2 cores), fp32", "",
-              "The committed results' scale, estimated in each cell's own numerics mode and step. Measured: cells rerun on this machine one at a time (the relock "
-              f"of 2026-11-27), wall time of `dvc repro -f -s <cell>` with DVC's own start-up, some beside other "
-              f"work on the 2 cores ({MEASURED}).", "",
+              "The committed results' scale, estimated in each cell's own numerics mode and step (all of them "
+              "portable, per-model). Measured: the relock of 2026-11-29, every study's cells through one `dvc "
+              "repro` per study, each cell's wall time the gap between its result and the one before (DVC's "
+              f"own work between stages included; each study's first cell, whose gap holds its data and trunk "
+              f"stages, left out) ({MEASURED}).", "",
               "| study | cells | estimated CPU-hours | cells timed | their estimate (s) | their measured time (s) "
               "| measured / estimated |", "|---|---|---|---|---|---|---|"]
     for study in names:
