@@ -64,6 +64,7 @@ def cell_frame(raw: dict, study: str) -> pd.DataFrame:
             for split in SPLITS:
                 row[f"cpu_barrier_{split}"] = cpu["metrics"].get(f"barrier_{split}") if cpu else None
             row["cpu_acc_test"] = cpu["metrics"].get("acc_test_a") if cpu else None
+            row["cpu_acc_test_b"] = cpu["metrics"].get("acc_test_b") if cpu else None
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -183,8 +184,8 @@ def figure(raw: dict, study: str, frame: pd.DataFrame, path, pairs: pd.DataFrame
     error bars (the table still has each cell's interval). Optional keys of `figure:`: `row` (a spec key: one
     row of panels per value, e.g. per model family, with `row_titles`), `palette: categorical` (hues that have
     no order), `accuracy` (a third panel, the test accuracy of A and B, with the paper's number for a hue as
-    a horizontal line: `{<hue value>: [percent, label]}`), `cross_init` and `xscale`. At any scale but cpu the
-    cpu scale's value of each cell is drawn beside, dotted: the scale is its own dimension."""
+    a horizontal line: `{<hue value>: [percent, label]}`), `cross_init` and `xscale`. In a line plot at any
+    scale but cpu, the cpu scale's value of each cell is drawn beside, dotted: the scale is its own dimension."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -248,7 +249,7 @@ def _panel(ax, fig_spec: dict, panel: str, points: pd.DataFrame, cells: pd.DataF
     ok = cells[cells["status"] == "ok"]
     if panel == "accuracy":
         value = lambda f: 50 * (f["acc_test_a"].astype(float) + f["acc_test_b"].astype(float))  # noqa: E731
-        cpu_value = lambda f: 100 * f["cpu_acc_test"].astype(float)  # noqa: E731  (the cpu scale's A)
+        cpu_value = lambda f: 50 * (f["cpu_acc_test"].astype(float) + f["cpu_acc_test_b"].astype(float))  # noqa: E731
         ylabel = "test accuracy (%)"
     else:
         value = lambda f: 100 * f[f"{y}_{panel}"].astype(float)  # noqa: E731

@@ -340,12 +340,19 @@ def test_width_figure_gives_each_family_its_row_a_colour_per_setup_and_the_cpu_s
     assert any(list(line.get_ydata()) == [98.32, 98.32] for line in mlp_acc.get_lines())
     assert not any(list(line.get_ydata()) == [98.32, 98.32] for line in linear_acc.get_lines())
     assert not [l for ax in fig.axes for l in ax.get_lines() if l.get_linestyle() == ":"]  # cpu: nothing beside
+    for cell in studies.cells(RAW, "width"):  # the cpu scale's B: 80% (A: 90%)
+        path = studies.cell_output("cpu", "width", cell.id)
+        result = json.loads(path.read_text())
+        result["metrics"]["acc_test_b"] = 0.8
+        path.write_text(json.dumps(result))
     fake_results(tmp_path, monkeypatch, PAPER, "width", barrier=lambda c: 0.03, pairs=2)
     paper = _drawn(monkeypatch, PAPER, "width")
     dotted = [l for l in paper.axes[0].get_lines() if l.get_linestyle() == ":"]  # MLPs, test: the cpu scale's
     # its five widths: 7.05% each (pairs of 7.0 and 7.1%), where the paper scale's own are near 3%
     assert dotted and all(list(l.get_ydata()) == pytest.approx([7.05] * 5) for l in dotted)
     assert "cpu scale" in [t.get_text() for t in paper.axes[2].get_legend().get_texts()]
+    cpu_acc = [l for l in paper.axes[2].get_lines() if l.get_linestyle() == ":"]  # the mean of A and B there too
+    assert cpu_acc and all(list(l.get_ydata()) == pytest.approx([85.0] * 5) for l in cpu_acc)
 
 
 # -- the scales side by side -------------------------------------------------------------------------------
