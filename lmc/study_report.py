@@ -261,9 +261,10 @@ def _panel(ax, fig_spec: dict, panel: str, points: pd.DataFrame, cells: pd.DataF
     numeric_x = pd.api.types.is_numeric_dtype(part[x])
     legend = []
     if numeric_x:
-        sns.lineplot(data=part, x=x, y="value", marker="o", ax=ax, errorbar=errorbar, legend=False, **hue_kw(part))
+        part_hue = hue_kw(part)
+        sns.lineplot(data=part, x=x, y="value", marker="o", ax=ax, errorbar=errorbar, legend=False, **part_hue)
         legend = [matplotlib.lines.Line2D([], [], color=palette.get(h, "C0"), marker="o", label=h)
-                  for h in (hue_kw(part).get("hue_order") or [])]
+                  for h in (part_hue.get("hue_order") or [])]
         styles = [("solid", f"{scale} scale" + (" (mean, 95% interval)" if errorbar else ""))]
         if fig_spec.get("cross_init") and panel != "accuracy":  # A of pair 0 vs A of pair 1, one value per cell
             sns.lineplot(x=ok[x], y=100 * ok[f"barrier_{panel}_cross_init"].astype(float), marker="x", linestyle="--",

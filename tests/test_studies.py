@@ -115,12 +115,13 @@ def test_bad_study_definitions_are_one_line_errors():
      r["studies"]["table1"]["axes"]["opt"].update({"hi": {}}), "two cells named 'L1-bs30k-sgd-hi'"),
     (lambda r: r["studies"]["fig1"].pop("figure"), "study fig1 has no `figure:`"),
     (lambda r: r["studies"]["fig1"]["figure"].update(y="accuracy"), "figure needs x"),
+    (lambda r: r["studies"]["fig1"]["figure"].update(colour="tab10"), "figure has unknown key.* colour; it may hold x"),
     (lambda r: r.update(scale="cpu"), "without a top-level `scale:`"),
     (lambda r: r["scales"].update(huge={}), "unknown scale 'huge'"),
     (lambda r: r["scales"]["smoke"].update(like="tiny"), "scale smoke has unknown key.* or `like:` tiny"),
     (lambda r: r["scales"]["smoke"].update(epochs=2), "scale smoke has unknown key.* epochs"),
     (lambda r: r["scales"].pop("paper"), "defines no scale.* paper"),
-], ids=["duplicate ids", "no figure", "bad y", "scale in the file", "unknown scale", "bad like", "bad scale key",
+], ids=["duplicate ids", "no figure", "bad y", "unknown figure key", "scale in the file", "unknown scale", "bad like", "bad scale key",
         "no paper scale"])
 def test_bad_study_files_are_refused_on_load(tmp_path, change, message):
     raw = yaml.safe_load((ROOT / studies.STUDIES_FILE).read_text())
