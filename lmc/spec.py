@@ -82,8 +82,8 @@ class Spec:
                            "machine's fastest; same bytes on one kind of CPU only); see lmc/numerics.py",
                            choices=NUMERICS, legacy="native")
     cpu_step: str = _field("per_model", "how the CPU trains the twins: per_model (plain matmuls model by model, a "
-                           "fused optimizer: the faster) or stacked (one vmap'd pass: the earlier step; README says which "
-                           "committed results still use it); cuda always stacks", choices=CPU_STEPS, legacy="stacked")
+                           "fused optimizer: the faster) or stacked (one vmap'd pass: the earlier step, kept for comparison; "
+                           "no committed result uses it); cuda always stacks", choices=CPU_STEPS, legacy="stacked")
     alphas: int = _field(11, "number of equidistant interpolation points on [0, 1], endpoints included", min=2)
     refine_alphas: int = _field(0, "α points added inside each grid interval next to each curve's highest "
                                 "interior point (0 = off); the grid's own barrier is still reported", min=0)
