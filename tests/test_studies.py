@@ -121,8 +121,8 @@ def test_bad_study_definitions_are_one_line_errors():
     (lambda r: r["scales"]["smoke"].update(like="tiny"), "scale smoke has unknown key.* or `like:` tiny"),
     (lambda r: r["scales"]["smoke"].update(epochs=2), "scale smoke has unknown key.* epochs"),
     (lambda r: r["scales"].pop("paper"), "defines no scale.* paper"),
-], ids=["duplicate ids", "no figure", "bad y", "unknown figure key", "scale in the file", "unknown scale", "bad like", "bad scale key",
-        "no paper scale"])
+], ids=["duplicate ids", "no figure", "bad y", "unknown figure key", "scale in the file", "unknown scale", "bad like",
+        "bad scale key", "no paper scale"])
 def test_bad_study_files_are_refused_on_load(tmp_path, change, message):
     raw = yaml.safe_load((ROOT / studies.STUDIES_FILE).read_text())
     change(raw)
