@@ -151,10 +151,10 @@ def report(raw: dict) -> str:
     measured = json.loads(MEASURED.read_text()) if MEASURED.exists() else {}
     lines += ["", "## cpu scale, the development CPU (2 cores), fp32", "",
               "The committed results' scale, estimated in each cell's own numerics mode and step (all of them "
-              "portable, per-model). Measured: the relock of 2026-11-29, every study's cells through one `dvc "
-              "repro` per study, each cell's wall time the gap between its result and the one before (DVC's "
-              f"own work between stages included; each study's first cell, whose gap holds its data and trunk "
-              f"stages, left out) ({MEASURED}).", "",
+              "portable, per-model). Measured: the relocks of 2026-11-29 and 2026-11-30 (width), every study's "
+              "cells through one `dvc repro` per study, each cell's wall time the gap between its result and the "
+              "one before (DVC's own work between stages included; each study's first cell, whose gap holds its "
+              f"data and trunk stages, left out) ({MEASURED}).", "",
               "| study | cells | estimated CPU-hours | cells timed | their estimate (s) | their measured time (s) "
               "| measured / estimated |", "|---|---|---|---|---|---|---|"]
     for study in names:
