@@ -85,9 +85,10 @@ def load(scale: str = "cpu", path: Path = STUDIES_FILE) -> dict:
         if fig.get("y") not in FIGURE_Y or "x" not in fig:
             raise SpecError(f"studies: study {name}'s figure needs x: <axis or key> and y: one of "
                             f"{', '.join(FIGURE_Y)}")
-        if set(fig) - set(FIGURE_KEYS):  # a misspelt option would silently give a figure without it
-            raise SpecError(f"studies: study {name}'s figure has unknown key(s) "
-                            f"{', '.join(sorted(set(fig) - set(FIGURE_KEYS)))}; it may hold {', '.join(FIGURE_KEYS)}")
+        unknown = set(fig) - set(FIGURE_KEYS)
+        if unknown:  # a misspelt option would silently give a figure without it
+            raise SpecError(f"studies: study {name}'s figure has unknown key(s) {', '.join(sorted(unknown))}; "
+                            f"it may hold {', '.join(FIGURE_KEYS)}")
         ids = [c.id for c in cells(raw, name)]
         if len(ids) != len(set(ids)):
             dup = next(i for i in ids if ids.count(i) > 1)

@@ -63,7 +63,7 @@ def cell_frame(raw: dict, study: str) -> pd.DataFrame:
             row["cpu_status"] = cpu["status"] if cpu else None
             for split in SPLITS:
                 row[f"cpu_barrier_{split}"] = cpu["metrics"].get(f"barrier_{split}") if cpu else None
-            row["cpu_acc_test"] = cpu["metrics"].get("acc_test_a") if cpu else None
+            row["cpu_acc_test_a"] = cpu["metrics"].get("acc_test_a") if cpu else None
             row["cpu_acc_test_b"] = cpu["metrics"].get("acc_test_b") if cpu else None
         rows.append(row)
     return pd.DataFrame(rows)
@@ -163,7 +163,7 @@ def markdown(raw: dict, study: str, frame: pd.DataFrame) -> str:
             acc = row["paper_acc_test"]
             cells.append("–" if acc is None or pd.isna(acc) else f"{acc:.2f}")
             if at_cpu:
-                cells.append(_pct(row["cpu_acc_test"]) if row["cpu_status"] == "ok" else "–")
+                cells.append(_pct(row["cpu_acc_test_a"]) if row["cpu_status"] == "ok" else "–")
         lines.append("| " + " | ".join(cells) + " |")
     ok = frame[frame["status"] == "ok"]
     connected = ((ok["barrier_test"] < THRESHOLD) & (ok["barrier_train"] < THRESHOLD)).sum()
@@ -249,7 +249,7 @@ def _panel(ax, fig_spec: dict, panel: str, points: pd.DataFrame, cells: pd.DataF
     ok = cells[cells["status"] == "ok"]
     if panel == "accuracy":
         value = lambda f: 50 * (f["acc_test_a"].astype(float) + f["acc_test_b"].astype(float))  # noqa: E731
-        cpu_value = lambda f: 50 * (f["cpu_acc_test"].astype(float) + f["cpu_acc_test_b"].astype(float))  # noqa: E731
+        cpu_value = lambda f: 50 * (f["cpu_acc_test_a"].astype(float) + f["cpu_acc_test_b"].astype(float))  # noqa: E731
         ylabel = "test accuracy (%)"
     else:
         value = lambda f: 100 * f[f"{y}_{panel}"].astype(float)  # noqa: E731
