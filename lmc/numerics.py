@@ -139,7 +139,7 @@ def environment(device: str = "cpu") -> dict:
     import torch
     env = {
         "numerics": active(),
-        "cpu": _cpu_model(),
+        **cpu_identity(),
         "machine": platform.machine(),
         "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
@@ -170,15 +170,39 @@ def record(path, key: str, device: str = "cpu") -> None:
     write_text_atomic(path, json.dumps(dict(sorted(records.items())), indent=1) + "\n")
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+# The x86-64 microarchitecture levels (psABI), by the /proc/cpuinfo flags each adds; lzcnt shows as abm.
+X86_64_LEVELS = (("x86-64-v2", {"cx16", "popcnt", "sse4_1", "sse4_2", "ssse3", "lahf_lm"}),
+                 ("x86-64-v3", {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe"}),
+                 ("x86-64-v4", {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}))
+
+
+def cpu_identity(cpuinfo: str | None = None) -> dict:
+    """Which CPU this is: its name (`cpu`) and, since a name such as "AMD EPYC" covers Zen 3 and Zen 4 alike,
+    its vendor, family, model and stepping (`cpu_id`) and its x86-64 level (`isa`), from /proc/cpuinfo's first
+    processor. Only the name, from the platform, where /proc/cpuinfo is missing (not Linux)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    fields = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            break  # the first processor's block is enough: a machine's cores are one model
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    out = {"cpu": fields.get("model name") or platform.processor() or "unknown"}
+    if "vendor_id" in fields:
+        out["cpu_id"] = (f"{fields['vendor_id']} family {fields.get('cpu family')} model {fields.get('model')} "
+                         f"stepping {fields.get('stepping')}")
+    if "flags" in fields:
+        flags, out["isa"] = set(fields["flags"].split()), "x86-64"
+        for level, needed in X86_64_LEVELS:
+            if not needed <= flags:
+                break
+            out["isa"] = level
+    return out
+    return out
 
 
 def _built_with(torch, label: str) -> str | None:

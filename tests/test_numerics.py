@@ -55,6 +55,33 @@ def test_the_fingerprint_sees_a_kernel_choice():
     assert all(avx2[m] != baseline[m] for m in avx2), (avx2, baseline)
 
 
+ZEN3 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 1
+model name\t: AMD EPYC
+stepping\t: 1
+flags\t\t: fpu sse sse2 ssse3 cx16 sse4_1 sse4_2 popcnt lahf_lm avx f16c fma abm movbe bmi1 bmi2 avx2
+
+processor\t: 1
+vendor_id\t: GenuineIntel
+"""
+
+
+def test_the_record_tells_cpus_of_one_name_apart():
+    """"AMD EPYC" names Zen 3 and Zen 4 alike: the record adds the family, model and stepping and the x86-64
+    level, read from the first processor's block of /proc/cpuinfo."""
+    zen3 = numerics.cpu_identity(ZEN3)
+    assert zen3 == {"cpu": "AMD EPYC", "cpu_id": "AuthenticAMD family 25 model 1 stepping 1", "isa": "x86-64-v3"}
+    zen4_flags = "avx512f avx512bw avx512cd avx512dq avx512vl"
+    zen4 = numerics.cpu_identity(ZEN3.replace("model\t\t: 1", "model\t\t: 17").replace("avx2\n", f"avx2 {zen4_flags}\n"))
+    assert zen4["cpu"] == zen3["cpu"] and zen4["cpu_id"].endswith("model 17 stepping 1") and zen4["isa"] == "x86-64-v4"
+    assert numerics.cpu_identity(ZEN3.replace(" avx2", ""))["isa"] == "x86-64-v2"  # one flag short of v3
+    assert set(numerics.cpu_identity("")) == {"cpu"}  # no /proc/cpuinfo: the platform's name alone
+    if FLAGS:  # this machine's record has all three
+        assert {"cpu", "cpu_id", "isa"} <= set(numerics.cpu_identity())
+
+
 def test_portable_pins_what_the_user_set_and_native_leaves_it():
     probe = "import os, torch, lmc, lmc.numerics as n; n.configure_torch(); " \
             "print(os.environ['ATEN_CPU_CAPABILITY'], os.environ['MKL_CBWR'], torch.get_num_threads(), " \
