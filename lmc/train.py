@@ -488,7 +488,7 @@ def train_pairs(spec: Spec, model: nn.Module, inits: list[dict], split: data.Spl
     aug_seeds = [seed for pair in zip(aug_a, aug_b) for seed in pair]
     if spec.spawn_step and trunk is None:
         trunk_run = train_twins(spec, model, loaders_a, aug_a, inits=inits, stop_step=spec.spawn_step,
-                                device=kwargs.get("device"))
+                                device=kwargs.get("device"), graphs=kwargs.get("graphs"))
         if trunk_run.status != "ok":  # unstable before B branched: both twins of a pair are its trunk
             trunk_run.state = {n: t.repeat_interleave(2, 0) for n, t in trunk_run.state.items()}
             return trunk_run
