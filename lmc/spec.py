@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,8 @@ def _check_value(f: dataclasses.Field, value: Any) -> None:
         ok_type = True
     if not ok_type:
         raise SpecError(f"params: {f.name}={value!r} must be {expected.__name__} ({allowed})")
+    if expected is float and not math.isfinite(value):
+        raise SpecError(f"params: {f.name}={value!r} must be a finite number ({allowed})")
     if expected is str and not value.strip():
         raise SpecError(f"params: {f.name} is empty ({allowed})")
     if "choices" in m and value not in m["choices"]:
@@ -149,7 +152,8 @@ def _check_value(f: dataclasses.Field, value: Any) -> None:
 def spec_from_dict(raw: Any) -> Spec:
     """Validate a mapping of params (unknown keys, types, ranges, combinations) into a Spec."""
     if not isinstance(raw, dict):
-        raise SpecError(f"params: expected a mapping of keys to values, got {type(raw).__name__}")
+        raise SpecError(f"params: expected a mapping of keys to values (one `key: value` a line), got "
+                        f"{type(raw).__name__}")
     fields = {f.name: f for f in dataclasses.fields(Spec)}
     for key in raw:
         if key not in fields:
@@ -188,17 +192,41 @@ def spec_from_dict(raw: Any) -> Spec:
     return spec
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader that refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+
+def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """The YAML file at `path` (params.yaml, studies.yaml), or one SpecError line saying where it is broken."""
+    try:
+        return yaml.load(path.read_text(), Loader=_StrictLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(err, "problem", None)
+        raise SpecError(f"{what}: {path} is not valid YAML{where}{f' ({problem})' if problem else ''}; "
+                        f"fix it") from None
+
+
 def load_params(path: str | Path = PARAMS_FILE) -> Spec:
     path = Path(path)
     if not path.exists():
         raise SpecError(f"params: {path} not found; run from the repository root")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise SpecError(f"params: {path} is not valid YAML{where}; fix its syntax") from None
-    return spec_from_dict(raw or {})
+    raw = read_yaml(path, "params")
+    return spec_from_dict({} if raw is None else raw)  # an empty file: every key at its default
 
 
 def describe(spec: Spec | None = None) -> str:

@@ -14,14 +14,15 @@ reports/<scale>/<study>.{md,csv,png}. One DVC project (studies/, one cache) hold
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
 import itertools
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 
-from .spec import Spec, SpecError, spec_from_dict
+from .spec import Spec, SpecError, read_yaml, spec_from_dict
 
 ROOT = Path("studies")  # the studies' own DVC project: one cache, one pipeline per scale below it
 STUDIES_FILE = ROOT / "studies.yaml"
@@ -51,11 +52,12 @@ def load(scale: str = "cpu", path: Path = STUDIES_FILE) -> dict:
     (raw["scale"]: the scale that `cells`, `resolve` and the paths below serve)."""
     if not path.exists():
         raise SpecError(f"studies: {path} not found; run from the repository root")
-    raw = yaml.safe_load(path.read_text())
-    defined = [s for s in SCALES if s in (raw.get("scales") or {})] if isinstance(raw, dict) else []
+    raw = read_yaml(path, "studies")
     if not isinstance(raw, dict) or "scale" in raw:
         raise SpecError(f"studies: {path} must be a mapping without a top-level `scale:` (every scale has its own "
                         f"pipeline now: name one with --scale or SCALE=)")
+    _check_shapes(raw, path)
+    defined = [s for s in SCALES if s in raw["scales"]]
     missing_scales = [s for s in REQUIRED_SCALES if s not in defined]
     if missing_scales:
         raise SpecError(f"studies: {path} defines no scale(s) {', '.join(missing_scales)} under `scales:`")
@@ -89,12 +91,56 @@ def load(scale: str = "cpu", path: Path = STUDIES_FILE) -> dict:
         if unknown:  # a misspelt option would silently give a figure without it
             raise SpecError(f"studies: study {name}'s figure has unknown key(s) {', '.join(sorted(unknown))}; "
                             f"it may hold {', '.join(FIGURE_KEYS)}")
+        columns = {"cell", *study["axes"], *(f.name for f in dataclasses.fields(Spec))}
+        for key in ("x", "hue", "row"):  # the report plots along an axis or a spec key
+            if key in fig and fig[key] not in columns:
+                raise SpecError(f"studies: study {name}'s figure {key}: {fig[key]!r} is neither one of its axes "
+                                f"({', '.join(study['axes'])}) nor a spec key")
         ids = [c.id for c in cells(raw, name)]
         if len(ids) != len(set(ids)):
             dup = next(i for i in ids if ids.count(i) > 1)
             raise SpecError(f"studies: study {name} has two cells named '{dup}' (value names joined by '-'); "
                             f"rename an axis value")
+        every_id = {c.id for s in defined for c in cells({**raw, "scale": s}, name)}
+        for key in ("cells", "paper", "paper_accuracy"):  # keyed by cell id: a misspelt one would be ignored
+            stray = [i for i in study.get(key, {}) if i not in every_id]
+            if stray:
+                near = difflib.get_close_matches(str(stray[0]), every_id, n=1)
+                raise SpecError(f"studies: study {name}'s `{key}:` names no cell '{stray[0]}' at any scale"
+                                + (f"; did you mean '{near[0]}'?" if near else ""))
     return raw
+
+
+def _check_shapes(raw: dict, path: Path) -> None:
+    """Every entry of the file has the shape the code reads it as: one line naming the first that has not."""
+    def need(value, kind: type, where: str, what: str) -> None:
+        if not isinstance(value, kind):
+            raise SpecError(f"studies: {where} in {path} must be {what}, not {type(value).__name__}")
+
+    unknown = set(raw) - {"scales", "studies"}
+    if unknown:
+        raise SpecError(f"studies: {path} has unknown top-level key(s) {', '.join(map(str, sorted(unknown, key=str)))}"
+                        f"; it holds `scales:` and `studies:`")
+    need(raw.get("scales"), dict, "`scales:`", "a mapping of scale names to their settings")
+    need(raw.get("studies"), dict, "`studies:`", "a mapping of study names to studies")
+    for name, entry in raw["scales"].items():
+        need(entry, dict, f"scales.{name}", "a mapping")
+        for key in ("datasets", "defaults", "overrides"):
+            need(entry.get(key, {}), dict, f"scales.{name}.{key}", "a mapping")
+    for name, study in raw["studies"].items():
+        need(name, str, f"study name {name!r}", "a string")
+        need(study, dict, f"studies.{name}", "a mapping (title, finding, axes, figure, …)")
+        for key in ("base", "axes", "figure", "cells", "paper", "paper_accuracy"):
+            need(study.get(key, {}), dict, f"studies.{name}.{key}", "a mapping")
+        for axis, values in study.get("axes", {}).items():
+            need(values, dict, f"studies.{name}.axes.{axis}", "a mapping of value names to settings")
+            if not values:
+                raise SpecError(f"studies: studies.{name}.axes.{axis} in {path} has no values; give it one at least")
+            for value_name, value in values.items():
+                need(value_name, str, f"value name {value_name!r} of studies.{name}.axes.{axis}", "a string")
+                need(value, dict, f"studies.{name}.axes.{axis}.{value_name}", "a mapping of settings")
+        for cell_id, value in study.get("cells", {}).items():
+            need(value, dict, f"studies.{name}.cells.{cell_id}", "a mapping of settings")
 
 
 def study_names(raw: dict) -> list[str]:
@@ -302,4 +348,8 @@ def stage_target(spec: Spec, argv: list[str] | None = None) -> tuple[str, dict[s
         return spec.dataset, {"source": paths.SOURCE, **paths.BETONS}
     if args.scale is None:
         raise SpecError("studies: --study-dataset needs --scale (the scale whose copy to serve)")
-    return scaled_dataset(load(args.scale), args.study_dataset), data_paths(args.scale, args.study_dataset)
+    raw = load(args.scale)
+    if args.study_dataset not in datasets_used(raw):
+        raise SpecError(f"studies: no study trains on dataset '{args.study_dataset}'; the studies' datasets are "
+                        f"{', '.join(datasets_used(raw))}")
+    return scaled_dataset(raw, args.study_dataset), data_paths(args.scale, args.study_dataset)

@@ -28,7 +28,7 @@ from .spec import SpecError
 from .stage import entry
 from .studies import (CODE, SCALES, STUDIES_FILE, cell_output, cells, cpu_cells, data_paths, datasets_used,
                       dvc_file, has_shared_trunk, load, missing_cpu_results, notes_path, paper_dataset, report_path,
-                      resolve, scale_dir, scale_names, stage_args, study_names, trunk_dir, trunk_plan)
+                      resolve, scale_dir, scale_names, study_names, trunk_dir, trunk_plan)
 
 
 def _cmd(args: str, scale: str) -> str:
@@ -139,15 +139,23 @@ def repro(study: str, scale: str) -> None:
 
 
 @entry
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    parser = argparse.ArgumentParser(prog="python -m lmc.studies_dvc", description="write every scale's "
+                                     "studies/<scale>/dvc.yaml from studies/studies.yaml (with no option)")
+    parser.add_argument("--sort-lock", action="store_true", help="put each scale's dvc.lock in its file's order")
+    parser.add_argument("--repro", metavar="STUDY", help="run one study at --scale (what `make study` does)")
+    parser.add_argument("--scale", choices=SCALES, help="the scale of --repro")
+    args = parser.parse_args(argv)
+    if args.repro and not args.scale or args.scale and not args.repro or args.repro and args.sort_lock:
+        parser.error("--repro STUDY goes with --scale SCALE, and alone")
     raw = load()
-    if sys.argv[1:] == ["--sort-lock"]:
+    if args.sort_lock:
         for scale in scale_names(raw):
             sort_lock(scale)
         return
-    if sys.argv[1:2] == ["--repro"]:
-        args = stage_args("study", argv=sys.argv[2:])
-        return repro(args.study, args.scale)
+    if args.repro:
+        return repro(args.repro, args.scale)
     for study in study_names(raw):  # every cell must resolve at every scale before anything is written
         for scale in scale_names(raw):
             for cell in cells({**raw, "scale": scale}, study):

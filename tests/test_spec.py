@@ -50,6 +50,10 @@ BAD = [  # (params, words the one-line message must contain)
     ({"align": "weight_matching", "model": "cnn"}, ["align=weight_matching", "model=cnn", "align: none"]),
     ({"align": "weight_matching", "depth": 1}, ["depth=1", "align: none"]),
     ({"pair": 3}, ["unknown key 'pair'", "did you mean 'pairs'"]),
+    ({"lr": float("inf")}, ["lr=inf", "finite"]),
+    ({"weight_decay": float("inf")}, ["weight_decay=inf", "finite"]),
+    ({"grad_clip": float("-inf")}, ["grad_clip=-inf"]),
+    ({"lr": float("nan")}, ["lr=nan"]),
 ]
 
 
@@ -79,8 +83,21 @@ def test_not_a_mapping_and_broken_yaml(tmp_path):
         spec_from_dict([1, 2])
     bad = tmp_path / "params.yaml"
     bad.write_text("lr: [0.1\n")
-    with pytest.raises(SpecError, match="not valid YAML"):
+    with pytest.raises(SpecError, match="not valid YAML at line 2"):
         load_params(bad)
+    for text in ("[]\n", "0\n", "false\n", "''\n"):  # YAML that is no mapping, falsy or not
+        bad.write_text(text)
+        with pytest.raises(SpecError, match="expected a mapping of keys to values"):
+            load_params(bad)
+    bad.write_text("")  # an empty file: every key at its default
+    assert load_params(bad) == Spec()
+
+
+def test_a_key_given_twice_is_refused_not_the_last_one_kept(tmp_path):
+    twice = tmp_path / "params.yaml"
+    twice.write_text("lr: 0.1\nwidth: 64\nlr: 0.5\n")
+    with pytest.raises(SpecError, match=r"not valid YAML at line 3 \(key 'lr' is given twice\)"):
+        load_params(twice)
 
 
 def test_describe_lists_every_key():

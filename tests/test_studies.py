@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -8,7 +9,7 @@ import pytest
 import yaml
 
 from lmc import report, studies, studies_dvc, study_report
-from lmc.spec import SpecError
+from lmc.spec import Spec, SpecError
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = studies.load("cpu", ROOT / studies.STUDIES_FILE)
@@ -126,7 +127,7 @@ def test_bad_study_definitions_are_one_line_errors():
 def test_bad_study_files_are_refused_on_load(tmp_path, change, message):
     raw = yaml.safe_load((ROOT / studies.STUDIES_FILE).read_text())
     change(raw)
-    (tmp_path / "studies.yaml").write_text(yaml.safe_dump(raw))
+    (tmp_path / "studies.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))  # axis order names cells
     with pytest.raises(SpecError, match=message) as err:
         studies.load(path=tmp_path / "studies.yaml")
     assert "\n" not in str(err.value)
@@ -134,12 +135,12 @@ def test_bad_study_files_are_refused_on_load(tmp_path, change, message):
 
 def test_a_scale_the_file_does_not_define_is_refused(tmp_path):
     raw = yaml.safe_load((ROOT / studies.STUDIES_FILE).read_text())
-    (tmp_path / "studies.yaml").write_text(yaml.safe_dump(raw))
+    (tmp_path / "studies.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))  # axis order names cells
     assert studies.load("smoke", tmp_path / "studies.yaml")["scale"] == "smoke"
     with pytest.raises(SpecError, match=r"scale 'gpu' is not defined in .*; choose one of cpu, paper, smoke$"):
         studies.load("gpu", tmp_path / "studies.yaml")
     raw["scales"].pop("smoke")
-    (tmp_path / "studies.yaml").write_text(yaml.safe_dump(raw))
+    (tmp_path / "studies.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))  # axis order names cells
     with pytest.raises(SpecError, match=r"scale 'smoke' is not defined"):
         studies.load("smoke", tmp_path / "studies.yaml")
 
@@ -233,9 +234,79 @@ def test_a_shared_trunk_study_whose_cells_train_differently_is_refused():
 def test_unknown_study_keys_are_refused(tmp_path):
     raw = yaml.safe_load((ROOT / studies.STUDIES_FILE).read_text())
     raw["studies"]["spawn"]["shared_trunks"] = True
-    (tmp_path / "studies.yaml").write_text(yaml.safe_dump(raw))
+    (tmp_path / "studies.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))  # axis order names cells
     with pytest.raises(SpecError, match="study spawn has unknown key"):
         studies.load(path=tmp_path / "studies.yaml")
+
+
+def _set(path: str, value):
+    """A change to studies.yaml: the value at a dotted path ("studies.table1.figure.x"), or a key renamed
+    (value: ("rename", new name))."""
+    def change(raw):
+        *parents, last = path.split(".")
+        node = raw
+        for key in parents:
+            node = node[key]
+        if isinstance(value, tuple) and value[0] == "rename":
+            node[value[1]] = node.pop(last)
+        else:
+            node[last] = value
+    return change
+
+
+MISSHAPEN = [  # (change, words of the one line)
+    (_set("studies", None), "`studies:` in"),
+    (_set("scales", "cpu paper"), "`scales:` in"),
+    (_set("scales.smoke", None), "scales.smoke in"),
+    (_set("scales.cpu.defaults", ["epochs"]), "scales.cpu.defaults in"),
+    (_set("studies.table1", None), "studies.table1 in"),
+    (_set("studies.table1.figure", "net"), "studies.table1.figure in"),
+    (_set("studies.table1.axes", ["net"]), "studies.table1.axes in"),
+    (_set("studies.table1.base", ["model"]), "studies.table1.base in"),
+    (_set("studies.table1.axes.net", {}), "studies.table1.axes.net in"),
+    (_set("studies.table1.axes.net.L1", [1]), "studies.table1.axes.net.L1 in"),
+    (lambda raw: raw["studies"].update({5: raw["studies"]["table2"]}), "study name 5"),  # YAML's `5:` is an int
+    (_set("studies", ("rename", "studes")), "unknown top-level key(s) studes"),
+    (_set("studies.table1.cells", {"L2-sgd-hii": {"lr": 0.05}}), "`cells:` names no cell 'L2-sgd-hii' at any scale; "
+                                                               "did you mean 'L2-sgd-hi'?"),
+    (_set("studies.table1.paper.L4-sgd-mid", [0, 0]), "`paper:` names no cell 'L4-sgd-mid'"),
+    (_set("studies.fig3.paper_accuracy.mnist-L3-hi", 98.0), "`paper_accuracy:` names no cell 'mnist-L3-hi'"),
+    (_set("studies.table1.figure.x", "nett"), "figure x: 'nett' is neither one of its axes (net, opt) nor a spec key"),
+    (_set("studies.table1.figure.hue", "optt"), "figure hue: 'optt'"),
+]
+
+
+@pytest.mark.parametrize("change,words", MISSHAPEN, ids=[str(i) for i in range(len(MISSHAPEN))])
+def test_a_misshapen_or_misspelt_studies_file_is_one_line_at_load(tmp_path, change, words):
+    """What the code reads as a mapping must be one, and what is keyed by cell id must name a cell: a wrong
+    shape is a line naming its place (not a traceback), a misspelt id a line (not a silently ignored entry)."""
+    raw = yaml.safe_load((ROOT / studies.STUDIES_FILE).read_text())
+    change(raw)
+    (tmp_path / "studies.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(SpecError) as err:
+        studies.load(path=tmp_path / "studies.yaml")
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_studies_file_that_is_no_yaml_or_gives_a_key_twice_is_one_line(tmp_path):
+    text = (ROOT / studies.STUDIES_FILE).read_text()
+    assert "        L4: {depth: 4}\n" in text
+    for broken, words in ((text.replace("scales:\n", "scales: [\n", 1), "is not valid YAML at line"),
+                          (text.replace("        L4: {depth: 4}\n", "        L4: {depth: 4}\n        L4: {depth: 5}\n", 1),
+                           "(key 'L4' is given twice)")):
+        (tmp_path / "studies.yaml").write_text(broken)
+        with pytest.raises(SpecError, match=re.escape(words)):
+            studies.load(path=tmp_path / "studies.yaml")
+    raw = yaml.safe_load(text)  # a spec key as the figure's hue is fine (the report plots along its values)
+    raw["studies"]["table1"]["figure"]["hue"] = "optimizer"
+    (tmp_path / "studies.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    studies.load(path=tmp_path / "studies.yaml")
+
+
+def test_a_study_dataset_no_study_trains_on_is_refused(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SpecError, match="no study trains on dataset 'mnst'; the studies' datasets are mnist"):
+        studies.stage_target(Spec(), ["--study-dataset", "mnst", "--scale", "cpu"])
 
 
 def test_report_of_several_pairs_gives_intervals_in_the_table_and_the_figure(tmp_path, monkeypatch):
@@ -501,3 +572,14 @@ def test_fig3_at_cpu_scale_is_mnist_only_and_its_report_says_what_is_missing(tmp
     assert "Not at this scale" not in paper and "24 cells:" in paper
     fake_results(tmp_path, monkeypatch, RAW, "table2")
     assert "Not at this scale" not in study_report.markdown(RAW, "table2", study_report.cell_frame(RAW, "table2"))
+
+
+@pytest.mark.parametrize("argv", [["--sort-lok"], ["--repro", "table1"], ["--scale", "cpu"],
+                                  ["--repro", "table1", "--scale", "cpu", "--sort-lock"]])
+def test_the_generator_refuses_a_misspelt_or_incomplete_option_before_writing(argv, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    before = {scale: studies.dvc_file(scale).read_bytes() for scale in studies.SCALES}
+    with pytest.raises(SystemExit) as exit_:
+        studies_dvc.main(argv)
+    assert exit_.value.code == 2 and "usage: python -m lmc.studies_dvc" in capsys.readouterr().err
+    assert {scale: studies.dvc_file(scale).read_bytes() for scale in studies.SCALES} == before
