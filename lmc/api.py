@@ -35,14 +35,18 @@ class Run:
 def load_run(root: str | Path = ".", pair: int = 0) -> Run:
     """Θ0, A and B of twin pair `pair` of the last `dvc repro`."""
     root = Path(root)
-    init = models.load_checkpoint(root / paths.init(pair), stage="init")
-    a, b = (models.load_checkpoint(root / paths.twin(pair, side), stage="train") for side in "ab")
-    return Run(init.model, a.model, b.model, a.meta["status"], load_params(root / "params.yaml").dataset)
+    spec = load_params(root / "params.yaml")
+    arch = models.arch_from_spec(spec)
+    init = models.load_checkpoint(root / paths.init(pair), stage="init", arch=arch)
+    a, b = (models.load_checkpoint(root / paths.twin(pair, side), stage="train", arch=arch) for side in "ab")
+    return Run(init.model, a.model, b.model, a.meta["status"], spec.dataset)
 
 
-def load_split(split: str = "test", root: str | Path = ".") -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 images (N, H, W, C) and int64 labels of a prepared split ("train" or "test")."""
-    s = data.read_split(Path(root) / paths.BETONS[split])
+def load_split(split: str = "test", root: str | Path = ".", dataset: str | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images (N, H, W, C) and int64 labels of a prepared split ("train" or "test"), checked against
+    `dataset` (its image shape and classes) when one is given."""
+    s = data.read_split(Path(root) / paths.BETONS[split], dataset)
     return torch.from_numpy(s.images), torch.from_numpy(s.labels)
 
 
@@ -135,8 +139,9 @@ def run_experiment(spec: Spec, train_path: str | Path, test_path: str | Path, pr
     anything with update(n)) advances by one per training step, then per evaluation batch: `experiment_work`.
     With `resume`, training takes up an interrupted run's saved progress and saves its own (lmc/resume.py)."""
     # one copy of the train split in memory, shared by every twin and the evaluation
-    return experiment(spec, data.read_split(train_path), lambda: data.read_split(test_path), progress, trunk,
-                      resume)
+    def read(path):
+        return data.read_split(path, spec.dataset)  # its images and labels must be the spec's dataset's
+    return experiment(spec, read(train_path), lambda: read(test_path), progress, trunk, resume)
 
 
 def experiment(spec: Spec, train: data.Split, test, progress=None, trunk: Snapshot | None = None,

@@ -15,6 +15,7 @@ import torch
 
 from . import seeds
 from .io import atomic_path
+from .spec import DATASETS
 
 # Per-channel mean and std of the training pixels in [0, 1] (the full datasets' usual values; mnist5k
 # uses MNIST's so that both standardize alike).
@@ -93,9 +94,18 @@ def _pipelines():
             "index": [IntDecoder(), ToTensor(), Squeeze(-1)]}
 
 
+def _prepare(path: Path, force: bool = False) -> str:
+    """The command that builds the .beton at `path`: the default pipeline's prepare stage, or a scale's copy of
+    a study dataset (studies/<scale>/data/<dataset>/)."""
+    parts, f = Path(path).parts, "-f " if force else ""
+    if len(parts) >= 5 and parts[-5] == "studies" and parts[-3] == "data":
+        return f"dvc --cd studies/{parts[-4]} repro {f}prepare-{parts[-2]}"
+    return f"dvc repro {f}prepare"
+
+
 def _check_file(path: Path) -> None:
     if not path.exists():
-        raise DataError(f"data: {path} is missing; run `dvc repro prepare` to build it")
+        raise DataError(f"data: {path} is missing; run `{_prepare(path)}` to build it")
 
 
 def split_tensors(split: Split | tuple[torch.Tensor, torch.Tensor],
@@ -177,9 +187,10 @@ _LAYOUT = [(4, "image"), (1, "label"), (1, "index")]  # FFCV's type ids: 4 NDArr
 GATHER = 2 ** 22  # pixels read_split gathers at a time: a 32 MB index array, whatever the dataset
 
 
-def read_split(path: str | Path) -> Split:
+def read_split(path: str | Path, dataset: str | None = None) -> Split:
     """All records of a .beton file, in stored order, read straight from the file: no FFCV loader to start
-    (its compiled pipeline costs seconds, where this costs milliseconds; tests show the same arrays)."""
+    (its compiled pipeline costs seconds, where this costs milliseconds; tests show the same arrays). With
+    `dataset`, its images must have that dataset's shape and its labels lie among its classes."""
     path = Path(path)
     _check_file(path)
     try:
@@ -204,8 +215,16 @@ def read_split(path: str | Path) -> Split:
         images = images.reshape(-1, *shape)
     except Exception as err:  # a damaged or foreign file
         raise DataError(f"data: {path} is unreadable ({type(err).__name__}); "
-                        f"rerun `dvc repro -f prepare` to rebuild it") from None
-    return Split(images, rows["label"].astype(np.int64))
+                        f"rerun `{_prepare(path, force=True)}` to rebuild it") from None
+    labels = rows["label"].astype(np.int64)
+    if dataset is not None:
+        want = DATASETS[dataset]
+        low, high = (int(labels.min()), int(labels.max())) if n else (0, 0)
+        if images.shape[1:] != want["shape"] or low < 0 or high >= want["classes"]:
+            raise DataError(f"data: {path} holds {'×'.join(map(str, images.shape[1:]))} images labelled {low}–{high}, "
+                            f"not {dataset}'s {'×'.join(map(str, want['shape']))} images of {want['classes']} "
+                            f"classes; rerun `{_prepare(path, force=True)}` to rebuild it")
+    return Split(images, labels)
 
 
 def read_split_with_ffcv(path: str | Path) -> Split:

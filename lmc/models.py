@@ -189,7 +189,8 @@ def init_model(spec: Spec, pair: int = 0) -> nn.Module:
 # ---- checkpoints --------------------------------------------------------------------------------
 
 class CheckpointError(RuntimeError):
-    """A missing, damaged or mismatched checkpoint; the message names the file and the stage to rerun."""
+    """A missing, damaged or mismatched checkpoint (or another stage's result that a stage reads); the message
+    names the file and the stage to rerun."""
 
 
 def write_payload(path: str | Path, payload: dict) -> None:
@@ -228,9 +229,15 @@ class Checkpoint:
     meta: dict
 
 
-def load_checkpoint(path: str | Path, stage: str = "train") -> Checkpoint:
-    """The module stored at `path`, its arch and meta; a clear CheckpointError when that is impossible."""
+def load_checkpoint(path: str | Path, stage: str = "train", arch: dict | None = None) -> Checkpoint:
+    """The module stored at `path`, its arch and meta; a clear CheckpointError when that is impossible, or when
+    it was built for another `arch` than the one given (the params changed since `stage` ran)."""
     payload = read_payload(path, "checkpoint", CHECKPOINT_FORMAT, stage)
+    if arch is not None and payload["arch"] != arch:
+        diff = ", ".join(f"{k} {payload['arch'].get(k)!r} not {arch.get(k)!r}" for k in sorted({*arch, *payload["arch"]})
+                         if payload["arch"].get(k) != arch.get(k))
+        raise CheckpointError(f"checkpoint {path} was built for another architecture than params.yaml's ({diff}); "
+                              f"rerun `{repro(stage, force=True)}`")
     model = build(payload["arch"])
     try:
         model.load_state_dict(payload["state_dict"])

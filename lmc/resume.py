@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -22,11 +23,26 @@ from pathlib import Path
 
 from .io import OutputError, write_text_atomic
 from .models import CheckpointError, read_payload, write_payload
+from .spec import SpecError
 
 RESUME_FORMAT = 1
 EVERY_ENV = "LMC_RESUME_EVERY_S"
 DIR_ENV = "LMC_RESUME_DIR"  # where a study cell keeps its progress, when not under studies/ (dispatch workers)
 PACKAGE = Path(__file__).resolve().parent
+
+
+def every_s_from_env() -> float:
+    """LMC_RESUME_EVERY_S: seconds between progress saves (default 300; 0 = every epoch); a SpecError line
+    for a value that is no such number."""
+    text = os.environ.get(EVERY_ENV, "300")
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise SpecError(f"{EVERY_ENV}={text!r} is not a number of seconds >= 0 (0: save every epoch); set one, "
+                        f"or unset it for the default 300")
+    return value
 
 
 def study_dir(default: Path) -> Path:
@@ -68,7 +84,7 @@ class Resume:
     """Where one stage's training keeps its progress, and what that progress must have been trained for."""
     path: Path
     key: dict  # the stage and its spec (Spec.record()); the code hash is added
-    every_s: float = field(default_factory=lambda: float(os.environ.get(EVERY_ENV, "300")))
+    every_s: float = field(default_factory=lambda: every_s_from_env())
     _last: float = field(default_factory=time.monotonic)
 
     def __post_init__(self):

@@ -17,7 +17,7 @@ def main() -> None:
     runs = [api.load_run(pair=pair) for pair in range(spec.pairs)]
     curves = {"alpha": connectivity.alpha_grid(spec.alphas).tolist(), "status": runs[0].status}
     if runs[0].status == "ok":
-        splits = {split: api.load_split(split) for split in paths.BETONS}
+        splits = {split: api.load_split(split, dataset=spec.dataset) for split in paths.BETONS}
         twins = [(run.a.state_dict(), run.b.state_dict()) for run in runs]
         total = api.curve_batches(spec, {split: len(labels) for split, (_, labels) in splits.items()})
         with tqdm(total=total, desc="interpolate", unit="batch", disable=None) as bar:

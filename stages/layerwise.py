@@ -26,7 +26,8 @@ def main() -> None:
         write_text_atomic(paths.LAYERWISE_LAYERS, "layer\n")
         write_text_atomic(paths.LAYERWISE_SUMMARY, title + f"\n**unstable**: training {runs[0].status}.\n")
         return
-    splits = {split: tuple(t[:spec.layerwise_samples] for t in api.load_split(split)) for split in paths.BETONS}
+    splits = {split: tuple(t[:spec.layerwise_samples] for t in api.load_split(split, dataset=spec.dataset))
+              for split in paths.BETONS}
     grid = connectivity.alpha_grid(spec.layerwise_alphas)
     per_pair = []
     total = len(runs) * sum(layerwise.layerwise_batches(runs[0].a, grid, images.shape[1:], len(labels), dev)

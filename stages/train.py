@@ -18,8 +18,9 @@ from lmc.train import train_pairs, twin_state
 def main() -> None:
     spec = load_params()
     dev = device.select(spec)  # a missing GPU stops here, before any work
-    inits = [models.load_checkpoint(paths.init(pair), stage="init") for pair in range(spec.pairs)]
-    train = data.read_split(paths.BETONS["train"])  # one copy in memory for every twin
+    arch = models.arch_from_spec(spec)
+    inits = [models.load_checkpoint(paths.init(pair), stage="init", arch=arch) for pair in range(spec.pairs)]
+    train = data.read_split(paths.BETONS["train"], spec.dataset)  # one copy in memory for every twin
     names = [f"{side}{pair}" if spec.pairs > 1 else side for pair in range(spec.pairs) for side in "ab"]
     steps = spec.epochs * spec.steps_per_epoch - spec.spawn_step
     resume = Resume(paths.RESUME_DIR / "train.pt", {"stage": "train", "spec": spec.record()})  # lmc/resume.py

@@ -22,7 +22,7 @@ def main() -> None:
     spec, steps = studies.trunk_plan(raw, study)
     dev = device.select(spec)  # in the spec's numerics mode before Θ0 is drawn
     dataset = studies.paper_dataset(raw, studies.cells(raw, study)[0])
-    split = data.read_split(studies.data_paths(scale, dataset)["train"])
+    split = data.read_split(studies.data_paths(scale, dataset)["train"], spec.dataset)
     inits = [models.init_model(spec, pair).state_dict() for pair in range(spec.pairs)]
     try:
         with tqdm(total=max(steps, default=0), desc=f"trunk {study}", unit="step", disable=None) as bar:

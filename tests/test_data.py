@@ -126,6 +126,26 @@ def test_truncated_beton_is_reported_as_unreadable(tmp_path, keep):
         data.read_split(path)
 
 
+def test_a_beton_of_another_dataset_or_with_labels_beyond_its_classes_is_one_line(tmp_path):
+    """A whole file that is not the spec's dataset (another image shape, a label no class has) is refused
+    when read, before training, not at the first batch that meets it."""
+    path = tmp_path / "train.beton"
+    split = small_split()
+    data.write_beton(split, path)
+    assert data.read_split(path, "mnist5k").labels.tolist() == split.labels.tolist()
+    with pytest.raises(data.DataError, match=r"holds 28×28×1 images labelled 0–\d, not cifar10's 32×32×3 images "
+                                             r"of 10 classes; rerun `dvc repro -f prepare`"):
+        data.read_split(path, "cifar10")
+    labels = split.labels.copy()
+    labels[3] = 77
+    data.write_beton(data.Split(split.images, labels), path)
+    with pytest.raises(data.DataError, match="labelled 0–77, not mnist5k's 28×28×1 images of 10 classes"):
+        data.read_split(path, "mnist5k")
+    study = tmp_path / "studies/cpu/data/mnist/train.beton"  # a scale's copy names its own prepare stage
+    with pytest.raises(data.DataError, match=r"run `dvc --cd studies/cpu repro prepare-mnist`"):
+        data.read_split(study, "mnist5k")
+
+
 def test_reading_a_beton_directly_gives_what_ffcvs_loader_gives(betons, monkeypatch):
     """read_split parses the file with numpy alone (here in chunks of 1,000 images); FFCV's own loader must read
     the very same arrays."""

@@ -58,6 +58,11 @@ def test_bad_checkpoints_name_the_file_and_the_stage(tmp_path):
     damaged.write_bytes((tmp_path / "a.pt").read_bytes()[:300])
     with pytest.raises(models.CheckpointError, match=r"damaged.pt is damaged .*dvc repro -f train"):
         models.load_checkpoint(damaged)
+    arch = models.arch_from_spec(spec)
+    assert models.load_checkpoint(tmp_path / "a.pt", stage="init", arch=arch).arch == arch
+    with pytest.raises(models.CheckpointError, match=r"a.pt was built for another architecture than params.yaml's "
+                                                     r"\(width 16 not 32\); rerun `dvc repro -f init`"):
+        models.load_checkpoint(tmp_path / "a.pt", stage="init", arch=models.arch_from_spec(Spec(width=32)))
     wrong = models.arch_from_spec(Spec(width=8))
     models.save_checkpoint(tmp_path / "wrong.pt", wrong, models.init_model(spec).state_dict())
     with pytest.raises(models.CheckpointError, match=r"wrong.pt does not fit its architecture"):

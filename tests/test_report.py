@@ -86,3 +86,21 @@ def test_curves_frame_is_the_mean_over_pairs():
     assert frame["test_error"].tolist() == pytest.approx([0.17 / 3, 0.5 / 3, 0.19 / 3])
     long = report.pairs_frame(PAIRS)
     assert len(long) == 3 * 2 * 3 + 2 and long["refined"].sum() == 2
+
+
+def test_the_report_stage_names_the_stage_to_rerun_for_missing_or_damaged_curves(tmp_path, monkeypatch):
+    from lmc.models import CheckpointError
+    from stages.report import read_curves
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match=r"^data/interpolation.json is missing; run `dvc repro interpolate`"):
+        read_curves()
+    (tmp_path / "data").mkdir()
+    for damaged in ('{"alpha": [0', '[1]', json.dumps({"alpha": [0.0], "status": "ok"})):  # cut, foreign, no pairs
+        (tmp_path / "data/interpolation.json").write_text(damaged)
+        with pytest.raises(CheckpointError, match=r"damaged or not the interpolate stage's; rerun `dvc repro -f "):
+            read_curves()
+    (tmp_path / "data/interpolation.json").write_text(json.dumps({"alpha": [0.0], "status": "diverged"}))
+    assert read_curves()["status"] == "diverged"  # an unstable run has no pairs, and is a result
+    (tmp_path / "data/interpolation.json").write_text(json.dumps(CURVES))
+    assert read_curves() == CURVES

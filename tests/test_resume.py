@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from lmc import data, models
-from lmc.resume import Resume
-from lmc.spec import Spec
+from lmc.resume import EVERY_ENV, Resume
+from lmc.spec import Spec, SpecError
 from lmc.train import train_pairs, twin_state
 
 SPECS = {
@@ -98,3 +98,12 @@ def test_progress_is_saved_at_most_every_interval(tmp_path, mnist5k):
     resume.save = lambda *a: saves.append(a[0])
     run(spec, mnist5k[0], resume=resume)
     assert saves == [spec.steps_per_epoch * e for e in (1, 2, 3)]  # not after the last epoch: the result is
+
+
+@pytest.mark.parametrize("value", ["5min", "nan", "-1", "inf", ""])
+def test_a_save_interval_that_is_no_number_of_seconds_is_one_line(tmp_path, monkeypatch, value):
+    monkeypatch.setenv(EVERY_ENV, value)
+    with pytest.raises(SpecError, match=f"{EVERY_ENV}='{value}' is not a number of seconds >= 0"):
+        Resume(tmp_path / "train.pt", {"stage": "test"})
+    monkeypatch.setenv(EVERY_ENV, "0")
+    assert Resume(tmp_path / "train.pt", {"stage": "test"}).every_s == 0
