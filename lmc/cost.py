@@ -168,10 +168,15 @@ def report(raw: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    from . import studies
+def main(argv: list[str] | None = None) -> None:
+    import argparse
 
-    write_text_atomic(REPORT, report(studies.load()))
+    from . import studies
+    from .stage import entry
+
+    argparse.ArgumentParser(prog="python -m lmc.cost", description=f"write {REPORT}: every study's cost at "
+                            "every scale and precision").parse_args(argv)
+    entry(lambda: write_text_atomic(REPORT, report(studies.load())))()
     print(f"wrote {REPORT}", file=sys.stderr)
 
 

@@ -184,6 +184,23 @@ def _load(text: str | None) -> dict:
         return {}
 
 
+def usage_problem(project: Path, ref: str) -> str | None:
+    """What makes the command impossible, in one line (a ref git does not know, a project that is no pipeline,
+    a lock that is not YAML), before anything is compared; None when nothing does."""
+    if subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], capture_output=True).returncode:
+        return f"--against {ref}: git knows no such commit here; name a commit, branch or tag (default HEAD)"
+    if not (project / "dvc.yaml").exists():
+        return f"--project {project}: no dvc.yaml there; use . or studies/<scale> (one of the scales' folders)"
+    for text, where in ((committed(ref, project / "dvc.lock"), f"{project / 'dvc.lock'} at {ref}"),
+                        ((project / "dvc.lock").read_text() if (project / "dvc.lock").exists() else None,
+                         f"{project / 'dvc.lock'} here")):
+        try:
+            yaml.safe_load(text or "")
+        except yaml.YAMLError:
+            return f"{where} is not valid YAML (cut short by an interrupted write?); restore it with git checkout"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lmc.reproduce", description=__doc__.splitlines()[0])
     parser.add_argument("--project", default=".", help="the pipeline to check: . (default) or studies/<scale>")
@@ -191,10 +208,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--relock-report", metavar="FILE",
                         help="instead of checking, write how every barrier moved against --against (a relock)")
     args = parser.parse_args(argv)
+    problem = usage_problem(Path(args.project), args.against)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if args.relock_report:
+        from .io import OutputError, write_text_atomic
         results = [paths.METRICS] + sorted(Path("studies").glob("*/out/*/*.json"))
         text = relock_report(args.against, results, f"Relock against {args.against}: how the barriers moved")
-        Path(args.relock_report).write_text(text)
+        try:
+            write_text_atomic(args.relock_report, text)
+        except OutputError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         print(text.split("\n\n")[1])
         return 0
     ok, report = check(Path(args.project), args.against)

@@ -33,3 +33,12 @@ def test_the_report_lists_every_study_at_both_scales():
     for study in studies.load()["studies"]:
         assert text.count(f"| {study} |") == 2  # the paper-scale row and the cpu-scale row
     assert "fp32 hours | tf32 hours | bf16 hours" in text
+
+
+def test_the_command_takes_no_arguments_and_help_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for argv, code in ((["--help"], 0), (["table1"], 2)):
+        with pytest.raises(SystemExit) as exit_:
+            cost.main(argv)
+        assert exit_.value.code == code
+    assert "usage: python -m lmc.cost" in capsys.readouterr().out and not (tmp_path / cost.REPORT).exists()

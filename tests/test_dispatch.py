@@ -4,6 +4,7 @@ import copy
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -326,6 +327,34 @@ def test_a_time_limit_sbatch_would_refuse_or_that_is_unbounded_is_one_line(limit
         slurm.minutes(limit)
 
 
+@pytest.mark.parametrize("options,words", [
+    ((-1, 2, "4:00:00", 20, 90), "--gpus-per-task=-1; give at least 0"),
+    ((0, 0, "4:00:00", 20, 90), "--cpus-per-task=0; give at least 1"),
+    ((0, 2, "4:00:00", -3, 90), "--requeues=-3; give at least 0"),
+    ((0, 2, "4:00:00", 20, -90), "--signal-delay=-90; give at least 0"),
+    ((0, 2, "1", 20, 90), "--signal-delay=90 s is not shorter than --time=1"),
+    ((0, 2, "1:00", 20, 90), "--signal-delay=90 s is not shorter than --time=1:00"),  # 1 minute 0 seconds
+])
+def test_slurm_options_sbatch_would_refuse_or_that_requeue_at_once_are_one_line(options, words):
+    with pytest.raises(common.DispatchError, match=re.escape(words)):
+        slurm.check_options(*options)
+    slurm.check_options(0, 2, "1:31", 0, 90)  # 2 minutes as sbatch rounds it: the delay is under the limit
+
+
+def test_damaged_records_and_a_worker_call_without_its_files_are_one_line(tmp_path, monkeypatch):
+    from lmc.dispatch import home
+    monkeypatch.chdir(tmp_path)
+    records = common.state_dir("cpu") / "records.json"
+    records.parent.mkdir(parents=True)
+    records.write_text('{"tiny-hi": {"state": ')
+    with pytest.raises(common.DispatchError, match=r"records.json is damaged; move it aside and run again"):
+        home.load_records("cpu")
+    proc = subprocess.run([sys.executable, "-m", "lmc.dispatch", "--worker"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert proc.returncode == 2 and proc.stderr.strip() == \
+        "error: dispatch: usage: python -m lmc.dispatch --worker TASK.json RESULT.json"
+
+
 def test_cells_below_a_trunk_that_reruns_count_as_pending(monkeypatch):
     """--status and --dry-run count what a dispatch runs: a trunk that is stale takes its cells with it, though
     `dvc status` names only the trunk (their own inputs have not changed yet)."""
@@ -491,11 +520,11 @@ def poll_until_done(executor, timeout=60.0) -> tuple[list, float]:
 def test_a_local_result_that_shows_late_is_waited_for_and_one_that_never_shows_fails(tmp_path, monkeypatch):
     """A worker that ended well but whose result is not visible yet (a network file system) is not a failure
     until the grace period (LMC_RESULT_GRACE_S) is over."""
-    executor = local.LocalExecutor(1, tmp_path)
     folder = tmp_path / "local"
     folder.mkdir()
     for stage, grace, late in (("shows-late", "30", 2.0), ("never-shows", "1", None)):
         monkeypatch.setenv("LMC_RESULT_GRACE_S", grace)
+        executor = local.LocalExecutor(1, tmp_path)  # reads the grace period when it is made
         task = common.Task(stage, "cpu", "0" * 40, "git", "remote", {}, str(tmp_path))
         executor.running[0] = (task, subprocess.Popen([sys.executable, "-c", "pass"]))  # ends at once, well
         if late is not None:
@@ -522,6 +551,14 @@ def test_a_slurm_result_that_shows_late_is_waited_for(tmp_path, monkeypatch, slu
     threading.Timer(3.0, hidden.rename, [job.paths.result_pickle]).start()
     done, waited = poll_until_done(executor)
     assert done == [("late", Path(job.paths.stdout), {"stage": "late"})] and waited >= 2.5
+
+
+@pytest.mark.parametrize("grace", ["2min", "-1", "nan", "inf"])
+def test_a_grace_period_that_is_no_number_of_seconds_stops_the_executor_before_any_work(tmp_path, monkeypatch,
+                                                                                       grace):
+    monkeypatch.setenv("LMC_RESULT_GRACE_S", grace)
+    with pytest.raises(common.DispatchError, match=f"LMC_RESULT_GRACE_S='{grace}' is not a number of seconds"):
+        local.LocalExecutor(1, tmp_path)
 
 
 def test_a_slurm_task_cancelled_mid_cell_is_failed_and_the_next_dispatch_sends_only_it(tmp_path, sequential,

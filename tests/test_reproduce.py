@@ -73,3 +73,23 @@ def test_a_relock_report_gives_each_study_its_summary_and_names_every_changed_ve
     assert rows["default experiment"] == "| default experiment | 2 | 1 | 0.03 | 0.03 | none |"
     assert rows["cpu/t2"] == "| cpu/t2 | 5 | 2 | 0.18 | 0.20 | 1 |"  # moves of 0.20 and 0.15 pp
     assert "| studies/cpu/out/t2/adam-hi.json | barrier_train | 1.90 | 2.05 | +0.15 | **connected → not** |" in text
+
+
+def test_a_ref_git_does_not_know_a_folder_without_a_pipeline_or_a_broken_lock_is_one_line(tmp_path, monkeypatch,
+                                                                                          capsys):
+    import subprocess
+    monkeypatch.chdir(tmp_path)
+    git = lambda *args: subprocess.run(["git", *args], check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    assert reproduce.usage_problem(Path("."), "HEAD") is None
+    assert reproduce.main(["--against", "nosuchref"]) == 2
+    assert "--against nosuchref: git knows no such commit here" in capsys.readouterr().err
+    assert reproduce.main(["--project", "studies/cpuu", "--relock-report", "r.md"]) == 2
+    assert "--project studies/cpuu: no dvc.yaml there" in capsys.readouterr().err and not Path("r.md").exists()
+    (tmp_path / "dvc.lock").write_text("stages:\n  train:\n    outs: [\n")  # cut short mid-write
+    assert "dvc.lock here is not valid YAML (cut short by an interrupted write?)" in \
+        reproduce.usage_problem(Path("."), "HEAD")

@@ -22,7 +22,9 @@ def _interrupt(signum, frame):
 @entry
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--worker"]:
+    if argv[:1] == ["--worker"]:  # what an executor starts (worker.py), not typed by users
+        if len(argv) != 3:
+            raise DispatchError("dispatch: usage: python -m lmc.dispatch --worker TASK.json RESULT.json")
         return worker_main(*argv[1:3])
     if argv[:1] == ["--run-archive"]:  # on the bare machine (archive.py)
         if len(argv) != 3:
@@ -54,6 +56,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.jobs < 1:
         raise DispatchError(f"dispatch: --jobs={args.jobs}; give at least 1")
+    if args.executor == "slurm":  # submitit: imported for this executor only (a bare machine lacks it)
+        from .slurm import check_options
+        check_options(args.gpus_per_task, args.cpus_per_task, args.time, args.requeues, args.signal_delay)
+        missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+        if missing and not (args.status or args.dry_run):
+            raise DispatchError(f"dispatch: --executor slurm needs SLURM's {' and '.join(missing)} on PATH; run on "
+                                f"a login node")
     raw = studies.load(args.scale)
     for name in args.studies:
         if not studies.cells(raw, name):  # an unknown study raises: one line, before anything runs
@@ -75,9 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.studies:
         studies.missing_cpu_results(raw, name)
     if args.executor == "slurm":
-        if shutil.which("sbatch") is None:
-            raise DispatchError("dispatch: --executor slurm needs SLURM's sbatch on PATH; run on a login node")
-        from .slurm import SlurmExecutor  # submitit: not needed by the other executors (a bare machine lacks it)
+        from .slurm import SlurmExecutor
 
         executor = SlurmExecutor(args.jobs, state_dir(args.scale), args.partition, args.gpus_per_task,
                                  args.cpus_per_task, args.time, args.requeues, args.signal_delay)

@@ -83,12 +83,26 @@ class LateResults:
 
     def __init__(self):
         self.since: dict[str, float] = {}
+        self.grace_s = result_grace_s()  # an executor is made before any work: a bad value stops it there
 
     def failed(self, key: str, folder: Path) -> bool:
         with contextlib.suppress(OSError):
             os.listdir(folder)  # reading the folder revalidates the client's cached entries
         first = self.since.setdefault(key, time.monotonic())
-        return time.monotonic() - first >= float(os.environ.get("LMC_RESULT_GRACE_S", "120"))
+        return time.monotonic() - first >= self.grace_s
+
+
+def result_grace_s() -> float:
+    """LMC_RESULT_GRACE_S (default 120), or one DispatchError line for a value that is no number of seconds."""
+    text = os.environ.get("LMC_RESULT_GRACE_S", "120")
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise DispatchError(f"dispatch: LMC_RESULT_GRACE_S={text!r} is not a number of seconds >= 0; set one, or "
+                            f"unset it for the default 120")
+    return value
 
 
 def resume_dir(scratch: str | Path) -> Path:

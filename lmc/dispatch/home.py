@@ -120,7 +120,14 @@ def take_home(scale: str, result: dict) -> None:
 
 def load_records(scale: str) -> dict:
     path = state_dir(scale) / "records.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    try:
+        records = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError:
+        records = None
+    if not isinstance(records, dict):  # written atomically: damaged from outside
+        raise DispatchError(f"dispatch: {path} is damaged; move it aside and run again (tasks it recorded as "
+                            f"running are then sent again, and their results taken home as usual)")
+    return records
 
 
 def save_records(scale: str, records: dict) -> None:

@@ -19,6 +19,18 @@ class Requeueable(Checkpointable):
         return run_task(task)
 
 
+def check_options(gpus_per_task: int, cpus_per_task: int, time_limit: str, requeues: int, signal_delay_s: int) -> None:
+    """The SLURM options as sbatch would take them, checked before any work (a DispatchError line otherwise)."""
+    for flag, value, least in (("--gpus-per-task", gpus_per_task, 0), ("--cpus-per-task", cpus_per_task, 1),
+                               ("--requeues", requeues, 0), ("--signal-delay", signal_delay_s, 0)):
+        if value < least:
+            raise DispatchError(f"dispatch: {flag}={value}; give at least {least}")
+    if signal_delay_s >= 60 * minutes(time_limit):
+        raise DispatchError(f"dispatch: --signal-delay={signal_delay_s} s is not shorter than --time={time_limit}: "
+                            f"a task would be told to requeue before it starts; give a longer --time or a shorter "
+                            f"delay")
+
+
 class SlurmExecutor:
     """Array jobs through submitit, one array task per stage, at most `jobs` tasks out at once (queued here
     beyond that). Without accounting (slurmdbd) submitit cannot tell how a task ended, so a task that left
