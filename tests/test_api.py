@@ -4,7 +4,7 @@ import pytest
 import torch
 import yaml
 
-from lmc import api, connectivity, models, paths
+from lmc import api, models, paths
 from lmc.spec import Spec
 
 from .conftest import Counter, run_stage_stderr, shows_a_bar

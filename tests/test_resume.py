@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from lmc import data, models
+from lmc import models
 from lmc.resume import EVERY_ENV, Resume
 from lmc.spec import Spec, SpecError
 from lmc.train import train_pairs, twin_state

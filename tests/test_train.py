@@ -1,6 +1,5 @@
 import dataclasses
 import math
-import os
 import subprocess
 import sys
 
