@@ -25,14 +25,16 @@ ISA_LEVELS = (
     + [("NPY_DISABLE_CPU_FEATURES", "AVX2 FMA3" + (" AVX512F" if AVX512 else ""))]
 )
 THREADS = [("OMP_NUM_THREADS", str(n)) for n in (1, 2, 4, 8)]
-PROBE = "import json; from lmc import numerics; numerics.configure_torch(); print(json.dumps(numerics.fingerprint()))"
+PROBE = ("import json, sys; from lmc import numerics; numerics.configure_torch(); "
+         "print(json.dumps(numerics.fingerprint(tuple(sys.argv[1:]) or numerics.FINGERPRINT_MODELS)))")
 
 
-def fingerprint(mode: str, **env) -> dict:
-    """The fingerprint of a fresh Python process in `mode`, the user's environment plus `env`."""
+def fingerprint(mode: str, *models: str, **env) -> dict:
+    """The fingerprint of a fresh Python process in `mode`, the user's environment plus `env` (of `models`, or
+    of every model)."""
     if "OMP_NUM_THREADS" in env:
         env["MKL_NUM_THREADS"] = env["OMP_NUM_THREADS"]
-    proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=600,
+    proc = subprocess.run([sys.executable, "-c", PROBE, *models], capture_output=True, text=True, timeout=600,
                           env={**numerics.unpinned_environ(), **env, numerics.ENV: mode})
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.splitlines()[-1])
@@ -53,6 +55,18 @@ def test_the_fingerprint_sees_a_kernel_choice():
     (so a kernel choice the portable mode left unpinned would fail the test above)."""
     avx2, baseline = fingerprint("native", ATEN_CPU_CAPABILITY="avx2"), fingerprint("native", ATEN_CPU_CAPABILITY="default")
     assert all(avx2[m] != baseline[m] for m in avx2), (avx2, baseline)
+
+
+def test_the_fingerprint_sees_mkls_branch_and_onednns_isa():
+    """And the probe reaches the other libraries the portable mode pins: in the native mode (ATen at its
+    baseline), MKL's compatible branch and its own choice give the MLP other bytes, and oneDNN held to SSE4.1
+    and at this CPU's best ISA give the CNN other bytes (its convolutions run there when oneDNN is on)."""
+    aten = {"ATEN_CPU_CAPABILITY": "default"}
+    compatible = fingerprint("native", "mlp", **aten, MKL_CBWR="COMPATIBLE")
+    assert fingerprint("native", "mlp", **aten, MKL_CBWR="AUTO")["mlp"] != compatible["mlp"]
+    best = "AVX512_CORE" if AVX512 else "AVX2"
+    sse41 = fingerprint("native", "cnn", **aten, MKL_CBWR="COMPATIBLE", ONEDNN_MAX_CPU_ISA="SSE41")
+    assert sse41["cnn"] != fingerprint("native", "cnn", **aten, MKL_CBWR="COMPATIBLE", ONEDNN_MAX_CPU_ISA=best)["cnn"]
 
 
 ZEN3 = """processor\t: 0
