@@ -221,9 +221,9 @@ def read_split(path: str | Path, dataset: str | None = None) -> Split:
         want = DATASETS[dataset]
         low, high = (int(labels.min()), int(labels.max())) if n else (0, 0)
         if images.shape[1:] != want["shape"] or low < 0 or high >= want["classes"]:
-            raise DataError(f"data: {path} holds {'×'.join(map(str, images.shape[1:]))} images labelled {low}–{high}, "
-                            f"not {dataset}'s {'×'.join(map(str, want['shape']))} images of {want['classes']} "
-                            f"classes; rerun `{_prepare(path, force=True)}` to rebuild it")
+            held, wanted = ("×".join(map(str, shape)) for shape in (images.shape[1:], want["shape"]))
+            raise DataError(f"data: {path} holds {held} images labelled {low}–{high}, not {dataset}'s {wanted} "
+                            f"images of {want['classes']} classes; rerun `{_prepare(path, force=True)}` to rebuild it")
     return Split(images, labels)
 
 

@@ -234,8 +234,9 @@ def load_checkpoint(path: str | Path, stage: str = "train", arch: dict | None = 
     it was built for another `arch` than the one given (the params changed since `stage` ran)."""
     payload = read_payload(path, "checkpoint", CHECKPOINT_FORMAT, stage)
     if arch is not None and payload["arch"] != arch:
-        diff = ", ".join(f"{k} {payload['arch'].get(k)!r} not {arch.get(k)!r}" for k in sorted({*arch, *payload["arch"]})
-                         if payload["arch"].get(k) != arch.get(k))
+        built = payload["arch"]
+        diff = ", ".join(f"{k} {built.get(k)!r} not {arch.get(k)!r}" for k in sorted({*arch, *built})
+                         if built.get(k) != arch.get(k))
         raise CheckpointError(f"checkpoint {path} was built for another architecture than params.yaml's ({diff}); "
                               f"rerun `{repro(stage, force=True)}`")
     model = build(payload["arch"])

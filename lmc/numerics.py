@@ -202,7 +202,6 @@ def cpu_identity(cpuinfo: str | None = None) -> dict:
                 break
             out["isa"] = level
     return out
-    return out
 
 
 def _built_with(torch, label: str) -> str | None:

@@ -28,7 +28,8 @@ GUARANTEE = {
     "cuda": "CUDA results reproduce on the same GPU model and driver only",
 }
 # Fields of a numeric environment that decide bytes (the rest, such as the pins' echo, follow from these).
-DECIDING = ("numerics", "cpu", "cpu_id", "isa", "aten_cpu_capability", "torch", "mkl", "onednn", "onednn_enabled", "threads", "cuda")
+DECIDING = ("numerics", "cpu", "cpu_id", "isa", "aten_cpu_capability", "torch", "mkl", "onednn", "onednn_enabled",
+            "threads", "cuda")
 
 
 def committed(ref: str, path: Path) -> str | None:

@@ -84,7 +84,7 @@ class Resume:
     """Where one stage's training keeps its progress, and what that progress must have been trained for."""
     path: Path
     key: dict  # the stage and its spec (Spec.record()); the code hash is added
-    every_s: float = field(default_factory=lambda: every_s_from_env())
+    every_s: float = field(default_factory=every_s_from_env)
     _last: float = field(default_factory=time.monotonic)
 
     def __post_init__(self):

@@ -21,7 +21,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from .spec import Spec, SpecError, read_yaml, spec_from_dict
 
 ROOT = Path("studies")  # the studies' own DVC project: one cache, one pipeline per scale below it
