@@ -96,6 +96,13 @@ def test_the_record_tells_cpus_of_one_name_apart():
         assert {"cpu", "cpu_id", "isa"} <= set(numerics.cpu_identity())
 
 
+def test_a_misspelt_mode_is_one_line_when_lmc_is_imported():
+    proc = subprocess.run([sys.executable, "-c", "import lmc"], capture_output=True, text=True,
+                          env={**numerics.unpinned_environ(), numerics.ENV: "Native"})
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        "error: LMC_NUMERICS='Native' is not a numerics mode; choose one of portable, native"]
+
+
 def test_portable_pins_what_the_user_set_and_native_leaves_it():
     probe = "import os, torch, lmc, lmc.numerics as n; n.configure_torch(); " \
             "print(os.environ['ATEN_CPU_CAPABILITY'], os.environ['MKL_CBWR'], torch.get_num_threads(), " \
