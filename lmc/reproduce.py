@@ -114,7 +114,13 @@ def check(project: Path, ref: str) -> tuple[bool, str]:
     lines.append("")
     lines.append("Numeric environment (committed → here):")
     stages = sorted({old[p][0] for p in changed})
+    unrun = {old[p][0] for p in changed if p not in new}  # no hash here to compare: the stage never finished
     for stage in stages:
+        if stage in unrun:
+            repro = "dvc repro" if project.resolve() == Path(".").resolve() else f"dvc --cd {project} repro"
+            lines.append(f"- {stage}: not recorded in {lock_path} here (not run, interrupted, or the lock was cut "
+                         f"short): run `{repro}` before the check")
+            continue
         record = _record_path(project, stage)
         before_env = _load(committed(ref, record)).get(stage)
         here_env = _load(record.read_text() if record.exists() else None).get(stage)

@@ -2,6 +2,8 @@
 tests/test_pipeline.py."""
 from pathlib import Path
 
+import yaml
+
 from lmc import paths, reproduce, studies
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,3 +95,21 @@ def test_a_ref_git_does_not_know_a_folder_without_a_pipeline_or_a_broken_lock_is
     (tmp_path / "dvc.lock").write_text("stages:\n  train:\n    outs: [\n")  # cut short mid-write
     assert "dvc.lock here is not valid YAML (cut short by an interrupted write?)" in \
         reproduce.usage_problem(Path("."), "HEAD")
+
+
+def test_a_stage_missing_from_the_lock_here_is_named_as_not_run_not_blamed_on_a_kernel(tmp_path, monkeypatch):
+    import subprocess
+    monkeypatch.chdir(tmp_path)
+    git = lambda *args: subprocess.run(["git", *args], check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    outs = {"train": "data/twins", "report": "reports/metrics.json"}
+    lock = {"schema": "2.0", "stages": {s: {"cmd": s, "outs": [{"path": o, "md5": "0" * 32}]} for s, o in outs.items()}}
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    del lock["stages"]["report"]  # a lock cut short after its first stage
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    ok, text = reproduce.check(Path("."), "HEAD")
+    assert not ok and "- reports/metrics.json (stage report): missing here" in text
+    assert "- report: not recorded in dvc.lock here (not run, interrupted, or the lock was cut short): run " \
+           "`dvc repro` before the check" in text and "unpinned" not in text
