@@ -25,4 +25,24 @@ def entry(main):
             except USER_ERRORS as err:
                 print(f"error: {err}", file=sys.stderr)
                 raise SystemExit(2) from None
+            except (MemoryError, RuntimeError) as err:
+                detail = out_of_memory(err)
+                if detail is None:
+                    raise
+                print(f"error: out of memory ({detail}); lower width, depth, pairs or batch_size, or run on a machine "
+                      f"with more memory", file=sys.stderr)
+                raise SystemExit(2) from None
     return wrapped
+
+
+def out_of_memory(err: BaseException) -> str | None:
+    """The first line of an allocation failure (Python's, torch's CPU allocator's, CUDA's), else None: a stage
+    asked for more memory than there is, which its params decide (a width of 10¹² fails in init)."""
+    import torch
+
+    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
+        return text
+    if "can't allocate memory" in text:  # the CPU allocator raises a plain RuntimeError
+        return text.split("DefaultCPUAllocator: ")[-1]
+    return None
