@@ -318,13 +318,13 @@ SBATCH_TIMES = {"90": 90, "10:30": 11, "10:00": 10, "4:00:00": 240, "0:10:01": 1
 
 @pytest.mark.parametrize("limit,minutes", SBATCH_TIMES.items())
 def test_slurm_time_limits_are_read_as_sbatch_reads_them(limit, minutes):
-    assert slurm.minutes(limit) == minutes
+    assert common.minutes(limit) == minutes
 
 
 @pytest.mark.parametrize("limit", ["four hours", "1:2:3:4", "1-2:3:4:5", "-5", "0", "UNLIMITED", "1-"])
 def test_a_time_limit_sbatch_would_refuse_or_that_is_unbounded_is_one_line(limit):
     with pytest.raises(common.DispatchError, match="not a finite SLURM time limit"):
-        slurm.minutes(limit)
+        common.minutes(limit)
 
 
 @pytest.mark.parametrize("options,words", [
@@ -337,8 +337,8 @@ def test_a_time_limit_sbatch_would_refuse_or_that_is_unbounded_is_one_line(limit
 ])
 def test_slurm_options_sbatch_would_refuse_or_that_requeue_at_once_are_one_line(options, words):
     with pytest.raises(common.DispatchError, match=re.escape(words)):
-        slurm.check_options(*options)
-    slurm.check_options(0, 2, "1:31", 0, 90)  # 2 minutes as sbatch rounds it: the delay is under the limit
+        common.check_options(*options)
+    common.check_options(0, 2, "1:31", 0, 90)  # 2 minutes as sbatch rounds it: the delay is under the limit
 
 
 def test_damaged_records_and_a_worker_call_without_its_files_are_one_line(tmp_path, monkeypatch):
@@ -402,14 +402,14 @@ def test_the_lock_is_put_in_dvc_yaml_order_in_dvcs_own_format(tmp_path, monkeypa
 
 
 def test_a_failing_home_stage_stops_only_what_reads_it(tmp_path, sequential):
-    """tiny's report fails (its figure names an axis that does not exist: found only when the report plots);
-    tinyspawn, another study, is still dispatched to the end, its trunk, cells and report recorded as in a
-    sequential run."""
+    """tiny's report fails (its figure's paper accuracy is a bare number, not [percent, label]: found only when
+    the report plots); tinyspawn, another study, is still dispatched to the end, its trunk, cells and report
+    recorded as in a sequential run."""
     repo = study_repo(tmp_path)
     config = yaml.safe_load((repo / "studies/studies.yaml").read_text())
-    config["studies"]["tiny"]["figure"]["x"] = "no_such_axis"
+    config["studies"]["tiny"]["figure"]["accuracy"] = {"hi": 5}
     (repo / "studies/studies.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    commit(repo, "a typo in tiny's figure")
+    commit(repo, "a mistake in tiny's figure")
     proc = dispatch_cmd(repo, "tiny", "tinyspawn", "--jobs", "2", check=False)
     assert proc.returncode == 2 and "report-tiny" in proc.stderr.splitlines()[-1], proc.stderr
     lock = yaml.safe_load((repo / "studies/cpu/dvc.lock").read_text())["stages"]
