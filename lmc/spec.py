@@ -125,6 +125,13 @@ class SpecError(ValueError):
     """A bad params.yaml entry; its message is the one line the user sees."""
 
 
+def _finite(value: float | int) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an int too large for a float
+        return False
+
+
 def _check_value(f: dataclasses.Field, value: Any) -> None:
     m = f.metadata
     if m.get("auto") and value == "auto":
@@ -136,7 +143,7 @@ def _check_value(f: dataclasses.Field, value: Any) -> None:
         ok_type = True
     if not ok_type:
         raise SpecError(f"params: {f.name}={value!r} must be {expected.__name__} ({allowed})")
-    if expected is float and not math.isfinite(value):
+    if expected is float and not _finite(value):
         raise SpecError(f"params: {f.name}={value!r} must be a finite number ({allowed})")
     if expected is str and not value.strip():
         raise SpecError(f"params: {f.name} is empty ({allowed})")
@@ -199,8 +206,14 @@ class _StrictLoader(yaml.SafeLoader):
 def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
     seen = set()
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: merged by construct_mapping below
+            continue
         key = loader.construct_object(key_node, deep=True)
-        if key in seen:
+        try:
+            twice = key in seen
+        except TypeError:  # a list or mapping as a key: let YAML's own loader say so
+            break
+        if twice:
             raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice", key_node.start_mark)
         seen.add(key)
     return loader.construct_mapping(node, deep=deep)

@@ -90,11 +90,13 @@ def load(scale: str = "cpu", path: Path = STUDIES_FILE) -> dict:
         if unknown:  # a misspelt option would silently give a figure without it
             raise SpecError(f"studies: study {name}'s figure has unknown key(s) {', '.join(sorted(unknown))}; "
                             f"it may hold {', '.join(FIGURE_KEYS)}")
-        columns = {"cell", *study["axes"], *(f.name for f in dataclasses.fields(Spec))}
-        for key in ("x", "hue", "row"):  # the report plots along an axis or a spec key
-            if key in fig and fig[key] not in columns:
+        # the report plots along an axis or a spec key its results record (a `legacy` key only away from its
+        # legacy value: Spec.record)
+        columns = {"cell", *study["axes"], *(f.name for f in dataclasses.fields(Spec) if "legacy" not in f.metadata)}
+        for key in ("x", "hue", "row"):
+            if key in fig and (not isinstance(fig[key], str) or fig[key] not in columns):
                 raise SpecError(f"studies: study {name}'s figure {key}: {fig[key]!r} is neither one of its axes "
-                                f"({', '.join(study['axes'])}) nor a spec key")
+                                f"({', '.join(study['axes'])}) nor a spec key every result records")
         ids = [c.id for c in cells(raw, name)]
         if len(ids) != len(set(ids)):
             dup = next(i for i in ids if ids.count(i) > 1)

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lmc.spec import Spec, SpecError, describe, load_params, spec_from_dict
+from lmc.spec import Spec, SpecError, describe, load_params, read_yaml, spec_from_dict
 
 from .conftest import run_stage
 
@@ -97,6 +97,16 @@ def test_a_key_given_twice_is_refused_not_the_last_one_kept(tmp_path):
     twice = tmp_path / "params.yaml"
     twice.write_text("lr: 0.1\nwidth: 64\nlr: 0.5\n")
     with pytest.raises(SpecError, match=r"not valid YAML at line 3 \(key 'lr' is given twice\)"):
+        load_params(twice)
+    twice.write_text("base: &b {lr: 0.5}\n")  # YAML's merge key still merges (an anchor, then `<<:`)
+    assert read_yaml(twice, "params") == {"base": {"lr": 0.5}}
+    twice.write_text("base: &b {lr: 0.5}\nmerged: {<<: *b, width: 64}\n")
+    assert read_yaml(twice, "params")["merged"] == {"lr": 0.5, "width": 64}
+    twice.write_text("[1, 2]: 3\n")  # a list as a key: YAML's own error, as one line
+    with pytest.raises(SpecError, match="not valid YAML at line 1"):
+        read_yaml(twice, "params")
+    twice.write_text("lr: 1" + "0" * 400 + "\n")  # an int beyond any float
+    with pytest.raises(SpecError, match="must be a finite number"):
         load_params(twice)
 
 

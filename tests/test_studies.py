@@ -273,6 +273,8 @@ MISSHAPEN = [  # (change, words of the one line)
     (_set("studies.fig3.paper_accuracy.mnist-L3-hi", 98.0), "`paper_accuracy:` names no cell 'mnist-L3-hi'"),
     (_set("studies.table1.figure.x", "nett"), "figure x: 'nett' is neither one of its axes (net, opt) nor a spec key"),
     (_set("studies.table1.figure.hue", "optt"), "figure hue: 'optt'"),
+    (_set("studies.table1.figure.hue", ["opt"]), "figure hue: ['opt']"),
+    (_set("studies.table1.figure.hue", "precision"), "nor a spec key every result records"),  # legacy: not always
 ]
 
 
