@@ -63,7 +63,7 @@ def main() -> None:
                     times.setdefault((cell, mode), []).append(
                         timed(repo / "studies", mode, sys.executable, "-m", "dvc", "repro", "-f", "-s", cell))
                 print(f"repeat {rep + 1}, {mode}: done", file=sys.stderr)
-    cpu = numerics._cpu_model()
+    cpu = numerics.cpu_identity()["cpu"]
     rows = ["| stage | native (s) | portable (s) | portable / native |", "|---|---|---|---|"]
     for name in STAGES + tuple(args.cells):
         n, p = statistics.median(times[name, "native"]), statistics.median(times[name, "portable"])

@@ -30,6 +30,7 @@ GUARANTEE = {
 # Fields of a numeric environment that decide bytes (the rest, such as the pins' echo, follow from these).
 DECIDING = ("numerics", "cpu", "cpu_id", "isa", "aten_cpu_capability", "torch", "mkl", "onednn", "onednn_enabled",
             "threads", "cuda")
+RECORDED_LATER = ("cpu_id", "isa")  # records made before 2026-11-30 lack them
 
 
 def committed(ref: str, path: Path) -> str | None:
@@ -57,8 +58,10 @@ def metric_moves(old: dict, new: dict, prefix: str = "") -> list[tuple[str, obje
 
 
 def env_differences(old: dict, new: dict) -> list[str]:
-    """'field: committed → here' for each deciding field of two numeric environments."""
-    return [f"{k}: {old.get(k)} → {new.get(k)}" for k in DECIDING if old.get(k) != new.get(k)]
+    """'field: committed → here' for each deciding field of two numeric environments (a field added to the
+    records later, which one of them predates, is unknown there: not a difference)."""
+    return [f"{k}: {old.get(k)} → {new.get(k)}" for k in DECIDING if old.get(k) != new.get(k)
+            and not (k in RECORDED_LATER and (k not in old or k not in new))]
 
 
 def explain(old: dict | None, new: dict | None) -> str:
@@ -114,7 +117,7 @@ def check(project: Path, ref: str) -> tuple[bool, str]:
     lines.append("")
     lines.append("Numeric environment (committed → here):")
     stages = sorted({old[p][0] for p in changed})
-    unrun = {old[p][0] for p in changed if p not in new}  # no hash here to compare: the stage never finished
+    unrun = set(stages) - {stage for stage, _ in new.values()}  # not in the lock here: the stage never finished
     for stage in stages:
         if stage in unrun:
             repro = "dvc repro" if project.resolve() == Path(".").resolve() else f"dvc --cd {project} repro"

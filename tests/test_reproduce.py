@@ -36,6 +36,8 @@ def test_each_cause_is_named():
                   for m, isa in ((1, "x86-64-v3"), (17, "x86-64-v4")))
     assert "cpu_id: AuthenticAMD family 25 model 1 stepping 1 → AuthenticAMD family 25 model 17 stepping 1; " \
            "isa: x86-64-v3 → x86-64-v4" in reproduce.explain(zen3, zen4)  # one name, two CPUs
+    assert "cpu_id" not in reproduce.explain(AMD, zen4)  # a record from before cpu_id: unknown, not a difference
+    assert "cuda: None → " in "; ".join(reproduce.env_differences(AMD, {**AMD, "cuda": {"gpu": "NVIDIA H100"}}))
 
 
 def test_a_scale_of_the_studies_keeps_its_numerics_records_in_its_own_folder():

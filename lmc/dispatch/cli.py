@@ -9,7 +9,7 @@ import sys
 from .. import studies
 from ..stage import entry
 from .archive import ArchiveExecutor, run_archive
-from .common import EXECUTORS, Detached, DispatchError, claim, holder, state_dir
+from .common import EXECUTORS, Detached, DispatchError, check_options, claim, holder, state_dir
 from .home import dispatch, dry_run, recover, status
 from .local import LocalExecutor, gpu_ids
 from .worker import worker_main
@@ -56,8 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.jobs < 1:
         raise DispatchError(f"dispatch: --jobs={args.jobs}; give at least 1")
-    if args.executor == "slurm":  # submitit: imported for this executor only (a bare machine lacks it)
-        from .slurm import check_options
+    if args.executor == "slurm":
         check_options(args.gpus_per_task, args.cpus_per_task, args.time, args.requeues, args.signal_delay)
         missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
         if missing and not (args.status or args.dry_run):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from submitit.helpers import Checkpointable
 
-from .common import DispatchError, LateResults, Task, error_line, squeue
+from .common import DispatchError, LateResults, Task, error_line, minutes, squeue
 from .worker import run_task
 
 
@@ -17,18 +17,6 @@ class Requeueable(Checkpointable):
 
     def __call__(self, task: Task) -> dict:
         return run_task(task)
-
-
-def check_options(gpus_per_task: int, cpus_per_task: int, time_limit: str, requeues: int, signal_delay_s: int) -> None:
-    """The SLURM options as sbatch would take them, checked before any work (a DispatchError line otherwise)."""
-    for flag, value, least in (("--gpus-per-task", gpus_per_task, 0), ("--cpus-per-task", cpus_per_task, 1),
-                               ("--requeues", requeues, 0), ("--signal-delay", signal_delay_s, 0)):
-        if value < least:
-            raise DispatchError(f"dispatch: {flag}={value}; give at least {least}")
-    if signal_delay_s >= 60 * minutes(time_limit):
-        raise DispatchError(f"dispatch: --signal-delay={signal_delay_s} s is not shorter than --time={time_limit}: "
-                            f"a task would be told to requeue before it starts; give a longer --time or a shorter "
-                            f"delay")
 
 
 class SlurmExecutor:
@@ -125,32 +113,3 @@ class SlurmExecutor:
             with contextlib.suppress(Exception):
                 job.cancel(check=False)  # scancel
         self.jobs.clear()
-
-
-def minutes(limit: str) -> int:
-    """SLURM's --time as sbatch reads it, in minutes (seconds rounded up): MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM,
-    D-HH:MM:SS. (A day form without seconds: `1-12` is a day and 12 hours; `10:30` is 10 minutes 30 seconds.)"""
-    bad = DispatchError(f"dispatch: --time={limit!r} is not a finite SLURM time limit; write minutes (90), "
-                        f"HH:MM:SS (4:00:00) or D-HH[:MM[:SS]] (1-12 for a day and 12 hours)")
-    days, dash, rest = limit.strip().partition("-")
-    try:
-        parts = [int(p) for p in rest.split(":")] if dash else [int(p) for p in days.split(":")]
-        day = int(days) if dash else 0
-    except ValueError:
-        raise bad from None
-    if dash:
-        if not 1 <= len(parts) <= 3:
-            raise bad
-        h, m, s = (parts + [0, 0])[:3]
-    elif len(parts) == 1:
-        h, m, s = 0, parts[0], 0
-    elif len(parts) == 2:
-        h, (m, s) = 0, parts
-    elif len(parts) == 3:
-        h, m, s = parts
-    else:
-        raise bad
-    seconds = ((day * 24 + h) * 60 + m) * 60 + s
-    if min(day, h, m, s) < 0 or seconds <= 0:
-        raise bad
-    return -(-seconds // 60)
