@@ -20,6 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from . import models
 from .io import write_text_atomic
 from .spec import DATASETS, PRECISIONS, Spec
+from .stage import entry
 
 
 @dataclass(frozen=True)
@@ -168,15 +169,15 @@ def report(raw: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+@entry
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
     from . import studies
-    from .stage import entry
 
     argparse.ArgumentParser(prog="python -m lmc.cost", description=f"write {REPORT}: every study's cost at "
                             "every scale and precision").parse_args(argv)
-    entry(lambda: write_text_atomic(REPORT, report(studies.load())))()
+    write_text_atomic(REPORT, report(studies.load()))
     print(f"wrote {REPORT}", file=sys.stderr)
 
 

@@ -15,6 +15,7 @@ import torch
 
 from . import seeds
 from .io import atomic_path
+from .paths import repro
 from .spec import DATASETS
 
 # Per-channel mean and std of the training pixels in [0, 1] (the full datasets' usual values; mnist5k
@@ -97,10 +98,10 @@ def _pipelines():
 def _prepare(path: Path, force: bool = False) -> str:
     """The command that builds the .beton at `path`: the default pipeline's prepare stage, or a scale's copy of
     a study dataset (studies/<scale>/data/<dataset>/)."""
-    parts, f = Path(path).parts, "-f " if force else ""
+    parts = Path(path).parts
     if len(parts) >= 5 and parts[-5] == "studies" and parts[-3] == "data":
-        return f"dvc --cd studies/{parts[-4]} repro {f}prepare-{parts[-2]}"
-    return f"dvc repro {f}prepare"
+        return repro(f"studies/{parts[-4]}:prepare-{parts[-2]}", force)
+    return repro("prepare", force)
 
 
 def _check_file(path: Path) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import sys
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 
 from .io import OutputError, write_text_atomic
 from .models import CheckpointError, read_payload, write_payload
-from .spec import SpecError
+from .spec import env_seconds
 
 RESUME_FORMAT = 1
 EVERY_ENV = "LMC_RESUME_EVERY_S"
@@ -32,17 +31,8 @@ PACKAGE = Path(__file__).resolve().parent
 
 
 def every_s_from_env() -> float:
-    """LMC_RESUME_EVERY_S: seconds between progress saves (default 300; 0 = every epoch); a SpecError line
-    for a value that is no such number."""
-    text = os.environ.get(EVERY_ENV, "300")
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value < 0:
-        raise SpecError(f"{EVERY_ENV}={text!r} is not a number of seconds >= 0 (0: save every epoch); set one, "
-                        f"or unset it for the default 300")
-    return value
+    """LMC_RESUME_EVERY_S: seconds between progress saves (default 300; 0 = every epoch)."""
+    return env_seconds(EVERY_ENV, 300, note=" (0: save every epoch)")
 
 
 def study_dir(default: Path) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -232,6 +233,21 @@ def read_yaml(path: Path, what: str) -> Any:
         problem = getattr(err, "problem", None)
         raise SpecError(f"{what}: {path} is not valid YAML{where}{f' ({problem})' if problem else ''}; "
                         f"fix it") from None
+
+
+def env_seconds(name: str, default: float, note: str = "", error: type[SpecError] = SpecError,
+                prefix: str = "") -> float:
+    """The environment variable `name` as a number of seconds >= 0 (`default` where unset), or one `error` line
+    (`prefix`, then what is wrong, with `note` on what the value means)."""
+    text = os.environ.get(name, f"{default:g}")
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise error(f"{prefix}{name}={text!r} is not a number of seconds >= 0{note}; set one, or unset it for the "
+                    f"default {default:g}")
+    return value
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> Spec:

@@ -18,7 +18,7 @@ import yaml
 
 from .. import studies
 from ..io import write_text_atomic
-from ..spec import SpecError
+from ..spec import SpecError, env_seconds
 
 
 EXECUTORS = ("local", "slurm", "archive")
@@ -94,15 +94,7 @@ class LateResults:
 
 def result_grace_s() -> float:
     """LMC_RESULT_GRACE_S (default 120), or one DispatchError line for a value that is no number of seconds."""
-    text = os.environ.get("LMC_RESULT_GRACE_S", "120")
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise DispatchError(f"dispatch: LMC_RESULT_GRACE_S={text!r} is not a number of seconds >= 0; set one, or "
-                            f"unset it for the default 120")
-    return value
+    return env_seconds("LMC_RESULT_GRACE_S", 120, error=DispatchError, prefix="dispatch: ")
 
 
 def resume_dir(scratch: str | Path) -> Path:
