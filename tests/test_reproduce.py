@@ -1,5 +1,6 @@
 """The reproduction check's report (lmc/reproduce.py); its end-to-end run on the real pipeline is in
 tests/test_pipeline.py."""
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -11,6 +12,12 @@ ROOT = Path(__file__).resolve().parents[1]
 AMD = {"numerics": "portable", "cpu": "AMD EPYC", "aten_cpu_capability": "DEFAULT", "torch": "2.14.1",
        "mkl": "2024.2", "onednn": "v3.12.0", "onednn_enabled": False, "threads": 2}
 INTEL = {**AMD, "cpu": "Intel(R) Xeon(R) Platinum 8480+"}
+
+
+def commit_here(message: str) -> None:
+    """The working folder as a git repository whose one commit holds every file written so far."""
+    for args in (["init", "-q"], ["add", "."], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message]):
+        subprocess.run(["git", *args], check=True, capture_output=True)
 
 
 def test_metric_moves_name_each_changed_key_and_keep_order():
@@ -50,22 +57,18 @@ def test_a_scale_of_the_studies_keeps_its_numerics_records_in_its_own_folder():
 
 def test_a_relock_report_gives_each_study_its_summary_and_names_every_changed_verdict(tmp_path, monkeypatch):
     import json
-    import subprocess
 
     def write(path: Path, **metrics):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"metrics": metrics}))
 
     monkeypatch.chdir(tmp_path)
-    git = lambda *args: subprocess.run(["git", *args], check=True, capture_output=True)  # noqa: E731
-    git("init", "-q")
     cell, same, default = (Path("studies/cpu/out/t2/adam-hi.json"), Path("studies/cpu/out/t2/sgd.json"),
                            paths.METRICS)
     write(cell, barrier_test=0.012, barrier_train=0.019, barrier_test_cross_init=0.05)
     write(same, barrier_test=0.001, barrier_train=0.0)
     write(default, barrier_test=0.003, barrier_train=0.0)
-    git("add", ".")
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "before")
+    commit_here("before")
     write(cell, barrier_test=0.010, barrier_train=0.0205, barrier_test_cross_init=0.05)  # train crosses 2%
     write(default, barrier_test=0.0027, barrier_train=0.0)
     text = reproduce.relock_report("HEAD", [default, cell, same], "t")
@@ -81,14 +84,10 @@ def test_a_relock_report_gives_each_study_its_summary_and_names_every_changed_ve
 
 def test_a_ref_git_does_not_know_a_folder_without_a_pipeline_or_a_broken_lock_is_one_line(tmp_path, monkeypatch,
                                                                                           capsys):
-    import subprocess
     monkeypatch.chdir(tmp_path)
-    git = lambda *args: subprocess.run(["git", *args], check=True, capture_output=True)  # noqa: E731
-    git("init", "-q")
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
-    git("add", ".")
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    commit_here("c")
     assert reproduce.usage_problem(Path("."), "HEAD") is None
     assert reproduce.main(["--against", "nosuchref"]) == 2
     assert "--against nosuchref: git knows no such commit here" in capsys.readouterr().err
@@ -100,15 +99,11 @@ def test_a_ref_git_does_not_know_a_folder_without_a_pipeline_or_a_broken_lock_is
 
 
 def test_a_stage_missing_from_the_lock_here_is_named_as_not_run_not_blamed_on_a_kernel(tmp_path, monkeypatch):
-    import subprocess
     monkeypatch.chdir(tmp_path)
-    git = lambda *args: subprocess.run(["git", *args], check=True, capture_output=True)  # noqa: E731
-    git("init", "-q")
     outs = {"train": "data/twins", "report": "reports/metrics.json"}
     lock = {"schema": "2.0", "stages": {s: {"cmd": s, "outs": [{"path": o, "md5": "0" * 32}]} for s, o in outs.items()}}
     (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
-    git("add", ".")
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    commit_here("c")
     del lock["stages"]["report"]  # a lock cut short after its first stage
     (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
     ok, text = reproduce.check(Path("."), "HEAD")

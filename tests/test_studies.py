@@ -102,6 +102,13 @@ def test_an_axis_value_given_per_scale_exists_only_at_the_scales_it_names():
     assert "width-mlp-sgd-hi-w6272" in studies_dvc.generate({**RAW, "scale": "paper"})
 
 
+def write_copy(tmp_path: Path, raw: dict) -> Path:
+    """`raw` as a studies file in tmp_path, in its own key order (the axes' order names the cells)."""
+    path = tmp_path / "studies.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
 def test_bad_study_definitions_are_one_line_errors():
     bad = {**yaml.safe_load((ROOT / studies.STUDIES_FILE).read_text()), "scale": "cpu"}
     bad["studies"]["table2"]["axes"]["setup"]["sgd-hi"]["lr"] = -1
@@ -109,6 +116,47 @@ def test_bad_study_definitions_are_one_line_errors():
         studies.resolve(bad, studies.find_cell(bad, "table2", "sgd-hi"))
     with pytest.raises(SpecError, match="no study 'table9'"):
         studies.cells(bad, "table9")
+
+
+def _set(path: str, value):
+    """A change to studies.yaml: the value at a dotted path ("studies.table1.figure.x"), or a key renamed
+    (value: ("rename", new name))."""
+    def change(raw):
+        *parents, last = path.split(".")
+        node = raw
+        for key in parents:
+            node = node[key]
+        if isinstance(value, tuple) and value[0] == "rename":
+            node[value[1]] = node.pop(last)
+        else:
+            node[last] = value
+    return change
+
+
+# What the code reads as a mapping must be one, and what is keyed by cell id must name a cell: a wrong shape is
+# a line naming its place (not a traceback), a misspelt id a line (not a silently ignored entry).
+MISSHAPEN = [  # (change, words of the one line)
+    (_set("studies", None), "`studies:` in"),
+    (_set("scales", "cpu paper"), "`scales:` in"),
+    (_set("scales.smoke", None), "scales.smoke in"),
+    (_set("scales.cpu.defaults", ["epochs"]), "scales.cpu.defaults in"),
+    (_set("studies.table1", None), "studies.table1 in"),
+    (_set("studies.table1.figure", "net"), "studies.table1.figure in"),
+    (_set("studies.table1.axes", ["net"]), "studies.table1.axes in"),
+    (_set("studies.table1.base", ["model"]), "studies.table1.base in"),
+    (_set("studies.table1.axes.net", {}), "studies.table1.axes.net in"),
+    (_set("studies.table1.axes.net.L1", [1]), "studies.table1.axes.net.L1 in"),
+    (lambda raw: raw["studies"].update({5: raw["studies"]["table2"]}), "study name 5"),  # YAML's `5:` is an int
+    (_set("studies", ("rename", "studes")), "unknown top-level key(s) studes"),
+    (_set("studies.table1.cells", {"L2-sgd-hii": {"lr": 0.05}}), "`cells:` names no cell 'L2-sgd-hii' at any scale; "
+                                                               "did you mean 'L2-sgd-hi'?"),
+    (_set("studies.table1.paper.L4-sgd-mid", [0, 0]), "`paper:` names no cell 'L4-sgd-mid'"),
+    (_set("studies.fig3.paper_accuracy.mnist-L3-hi", 98.0), "`paper_accuracy:` names no cell 'mnist-L3-hi'"),
+    (_set("studies.table1.figure.x", "nett"), "figure x: 'nett' is neither one of its axes (net, opt) nor a spec key"),
+    (_set("studies.table1.figure.hue", "optt"), "figure hue: 'optt'"),
+    (_set("studies.table1.figure.hue", ["opt"]), "figure hue: ['opt']"),
+    (_set("studies.table1.figure.hue", "precision"), "nor a spec key every result records"),  # legacy: not always
+]
 
 
 @pytest.mark.parametrize("change,message", [
@@ -122,27 +170,25 @@ def test_bad_study_definitions_are_one_line_errors():
     (lambda r: r["scales"]["smoke"].update(like="tiny"), "scale smoke has unknown key.* or `like:` tiny"),
     (lambda r: r["scales"]["smoke"].update(epochs=2), "scale smoke has unknown key.* epochs"),
     (lambda r: r["scales"].pop("paper"), "defines no scale.* paper"),
-], ids=["duplicate ids", "no figure", "bad y", "unknown figure key", "scale in the file", "unknown scale", "bad like",
-        "bad scale key", "no paper scale"])
+] + [(change, re.escape(words)) for change, words in MISSHAPEN],
+    ids=["duplicate ids", "no figure", "bad y", "unknown figure key", "scale in the file", "unknown scale", "bad like",
+         "bad scale key", "no paper scale"] + [f"misshapen {i}" for i in range(len(MISSHAPEN))])
 def test_bad_study_files_are_refused_on_load(tmp_path, change, message):
     raw = yaml.safe_load((ROOT / studies.STUDIES_FILE).read_text())
     change(raw)
-    (tmp_path / "studies.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))  # axis order names cells
     with pytest.raises(SpecError, match=message) as err:
-        studies.load(path=tmp_path / "studies.yaml")
+        studies.load(path=write_copy(tmp_path, raw))
     assert "\n" not in str(err.value)
 
 
 def test_a_scale_the_file_does_not_define_is_refused(tmp_path):
     raw = yaml.safe_load((ROOT / studies.STUDIES_FILE).read_text())
-    (tmp_path / "studies.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))  # axis order names cells
-    assert studies.load("smoke", tmp_path / "studies.yaml")["scale"] == "smoke"
+    assert studies.load("smoke", write_copy(tmp_path, raw))["scale"] == "smoke"
     with pytest.raises(SpecError, match=r"scale 'gpu' is not defined in .*; choose one of cpu, paper, smoke$"):
         studies.load("gpu", tmp_path / "studies.yaml")
     raw["scales"].pop("smoke")
-    (tmp_path / "studies.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))  # axis order names cells
     with pytest.raises(SpecError, match=r"scale 'smoke' is not defined"):
-        studies.load("smoke", tmp_path / "studies.yaml")
+        studies.load("smoke", write_copy(tmp_path, raw))
 
 
 def test_dataset_per_scale_is_refused_with_the_way_to_do_it():
@@ -234,60 +280,9 @@ def test_a_shared_trunk_study_whose_cells_train_differently_is_refused():
 def test_unknown_study_keys_are_refused(tmp_path):
     raw = yaml.safe_load((ROOT / studies.STUDIES_FILE).read_text())
     raw["studies"]["spawn"]["shared_trunks"] = True
-    (tmp_path / "studies.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))  # axis order names cells
     with pytest.raises(SpecError, match="study spawn has unknown key"):
-        studies.load(path=tmp_path / "studies.yaml")
+        studies.load(path=write_copy(tmp_path, raw))
 
-
-def _set(path: str, value):
-    """A change to studies.yaml: the value at a dotted path ("studies.table1.figure.x"), or a key renamed
-    (value: ("rename", new name))."""
-    def change(raw):
-        *parents, last = path.split(".")
-        node = raw
-        for key in parents:
-            node = node[key]
-        if isinstance(value, tuple) and value[0] == "rename":
-            node[value[1]] = node.pop(last)
-        else:
-            node[last] = value
-    return change
-
-
-MISSHAPEN = [  # (change, words of the one line)
-    (_set("studies", None), "`studies:` in"),
-    (_set("scales", "cpu paper"), "`scales:` in"),
-    (_set("scales.smoke", None), "scales.smoke in"),
-    (_set("scales.cpu.defaults", ["epochs"]), "scales.cpu.defaults in"),
-    (_set("studies.table1", None), "studies.table1 in"),
-    (_set("studies.table1.figure", "net"), "studies.table1.figure in"),
-    (_set("studies.table1.axes", ["net"]), "studies.table1.axes in"),
-    (_set("studies.table1.base", ["model"]), "studies.table1.base in"),
-    (_set("studies.table1.axes.net", {}), "studies.table1.axes.net in"),
-    (_set("studies.table1.axes.net.L1", [1]), "studies.table1.axes.net.L1 in"),
-    (lambda raw: raw["studies"].update({5: raw["studies"]["table2"]}), "study name 5"),  # YAML's `5:` is an int
-    (_set("studies", ("rename", "studes")), "unknown top-level key(s) studes"),
-    (_set("studies.table1.cells", {"L2-sgd-hii": {"lr": 0.05}}), "`cells:` names no cell 'L2-sgd-hii' at any scale; "
-                                                               "did you mean 'L2-sgd-hi'?"),
-    (_set("studies.table1.paper.L4-sgd-mid", [0, 0]), "`paper:` names no cell 'L4-sgd-mid'"),
-    (_set("studies.fig3.paper_accuracy.mnist-L3-hi", 98.0), "`paper_accuracy:` names no cell 'mnist-L3-hi'"),
-    (_set("studies.table1.figure.x", "nett"), "figure x: 'nett' is neither one of its axes (net, opt) nor a spec key"),
-    (_set("studies.table1.figure.hue", "optt"), "figure hue: 'optt'"),
-    (_set("studies.table1.figure.hue", ["opt"]), "figure hue: ['opt']"),
-    (_set("studies.table1.figure.hue", "precision"), "nor a spec key every result records"),  # legacy: not always
-]
-
-
-@pytest.mark.parametrize("change,words", MISSHAPEN, ids=[str(i) for i in range(len(MISSHAPEN))])
-def test_a_misshapen_or_misspelt_studies_file_is_one_line_at_load(tmp_path, change, words):
-    """What the code reads as a mapping must be one, and what is keyed by cell id must name a cell: a wrong
-    shape is a line naming its place (not a traceback), a misspelt id a line (not a silently ignored entry)."""
-    raw = yaml.safe_load((ROOT / studies.STUDIES_FILE).read_text())
-    change(raw)
-    (tmp_path / "studies.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    with pytest.raises(SpecError) as err:
-        studies.load(path=tmp_path / "studies.yaml")
-    assert words in str(err.value) and "\n" not in str(err.value)
 
 
 def test_a_studies_file_that_is_no_yaml_or_gives_a_key_twice_is_one_line(tmp_path):
@@ -301,8 +296,7 @@ def test_a_studies_file_that_is_no_yaml_or_gives_a_key_twice_is_one_line(tmp_pat
             studies.load(path=tmp_path / "studies.yaml")
     raw = yaml.safe_load(text)  # a spec key as the figure's hue is fine (the report plots along its values)
     raw["studies"]["table1"]["figure"]["hue"] = "optimizer"
-    (tmp_path / "studies.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    studies.load(path=tmp_path / "studies.yaml")
+    studies.load(path=write_copy(tmp_path, raw))
 
 
 def test_a_study_dataset_no_study_trains_on_is_refused(monkeypatch):
