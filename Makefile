@@ -34,11 +34,12 @@ $(STAMP): requirements.txt pyproject.toml
 repro: setup
 	$(RUN) dvc repro
 
-# `make check-repro`: rerun the default experiment from scratch and compare its bytes with the committed ones;
-# on a difference, say which outputs and metrics moved and how the numeric environment differs (lmc/reproduce.py).
+# `make check-repro`: rebuild the default experiment from scratch in a scratch clone of HEAD and compare the bytes
+# of every output with the committed dvc.lock, explaining any difference (lmc/reproduce.py).
+# `make check-repro SCALE=cpu [SAMPLE=6] [SEED=n]`: the same for SAMPLE cells of a scale's studies, drawn by a
+# printed seed over models and optimizers, with their data and trunk stages; `CELLS=a,b` names the cells instead.
 check-repro: setup
-	$(RUN) dvc repro -f
-	$(RUN) python -m lmc.reproduce
+	$(RUN) python -m lmc.reproduce $(if $(SCALE),--project studies/$(SCALE) $(if $(CELLS),--stages $(CELLS),--sample $(or $(SAMPLE),6) $(if $(SEED),--seed $(SEED)))) $(ARGS)
 
 # `make test TEST_WORKERS=n`: the tests on n processes (pytest-xdist); tests that share a module-scoped fixture
 # stay on one worker (tests/conftest.py), the others go to whichever is free. 0: all in one process.

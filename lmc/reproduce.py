@@ -1,26 +1,40 @@
-"""The reproduction check: after `dvc repro -f`, compare the results with the committed ones and explain.
+"""The reproduction check: rebuild outputs from scratch, hash the files, compare with the committed lock.
 
-    python -m lmc.reproduce                 # the default experiment (make check-repro reruns it first)
-    python -m lmc.reproduce --project studies/cpu    # one scale of the studies
-    python -m lmc.reproduce --against REF   # another commit than HEAD
+    python -m lmc.reproduce                                   # every stage of the default experiment
+    python -m lmc.reproduce --project studies/cpu --sample 6  # 6 cells of the cpu-scale studies, by a seed
+    python -m lmc.reproduce --project studies/cpu --stages table2-sgd-hi,fig2-vit-lo   # cells by name
+    python -m lmc.reproduce --against REF                     # compare with another commit's results
+    python -m lmc.reproduce --relock-report FILE              # after a relock: how each barrier moved
 
-Exit 0 when every output recorded in the committed dvc.lock has the same bytes here. Otherwise exit 1 with a
-report: which outputs changed, how far each metric moved, and how the numeric environment that made the
-results here (reports/numerics.json, studies/<scale>/numerics/) differs from the one recorded with the committed
-results, with what that means (lmc/numerics.py). It never compares the environment records themselves.
+The check clones HEAD into a scratch folder, deletes there every output of the stages it checks and of the
+stages above them (data, trunks), runs `dvc repro -f --no-run-cache` on them, hashes what they wrote as DVC
+does, and compares each hash with the committed dvc.lock. An output counts as reproduced only when this check
+recomputed it: a fresh clone's tracked results, and the outputs of stages not drawn, are reported as "not
+recomputed" and never counted. Exit 0 when every output of the checked stages was recomputed with the
+committed bytes; else 1, with a report: which outputs differ, how far each metric moved, and how the numeric
+environment that made them (reports/numerics.json, studies/<scale>/numerics/) differs from the committed one,
+with what that means (lmc/numerics.py). The environment records themselves are never compared.
 """
 from __future__ import annotations
 
 import argparse
+import difflib
+import hashlib
 import json
+import os
+import random
+import secrets
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import yaml
 
-from . import paths
+from . import numerics, paths
 
 GUARANTEE = {
     "portable": "the portable mode gives the same bytes on every x86-64 CPU",
@@ -39,10 +53,42 @@ def committed(ref: str, path: Path) -> str | None:
     return proc.stdout if proc.returncode == 0 else None
 
 
-def lock_outputs(text: str | None) -> dict[str, tuple[str, str]]:
-    """(stage, md5) of every output a dvc.lock records, by path."""
+def committed_md5(ref: str, path: Path) -> str | None:
+    """The md5 of the file git holds at `ref:path`, None where git tracks none."""
+    proc = subprocess.run(["git", "show", f"{ref}:{path.as_posix()}"], capture_output=True)
+    return hashlib.md5(proc.stdout).hexdigest() if proc.returncode == 0 else None
+
+
+def lock_stages(text: str | None) -> dict[str, dict]:
+    """Per stage of a dvc.lock, in its order: {"outs": {path: md5}, "deps": [path, ...]}, paths relative to
+    the lock's folder."""
     stages = (yaml.safe_load(text) or {}).get("stages", {}) if text else {}
-    return {o["path"]: (name, o.get("md5")) for name, st in stages.items() for o in st.get("outs", [])}
+    return {name: {"outs": {o["path"]: o.get("md5") for o in st.get("outs", [])},
+                   "deps": [d["path"] for d in st.get("deps", [])]} for name, st in stages.items()}
+
+
+def upstream(stages: dict[str, dict], targets: list[str]) -> list[str]:
+    """`targets` and every stage whose outputs they read, directly or not, in the lock's order."""
+    writer = {out: name for name, st in stages.items() for out in st["outs"]}
+    needed, todo = set(), list(targets)
+    while todo:
+        name = todo.pop()
+        if name not in needed:
+            needed.add(name)
+            todo += [writer[d] for d in stages[name]["deps"] if d in writer]
+    return [name for name in stages if name in needed]
+
+
+def dvc_md5(path: Path) -> str | None:
+    """The md5 DVC records for the file or folder at `path` (a folder's: the md5 of its sorted listing of
+    relative paths and file md5s, with ".dir"), None where nothing is."""
+    if path.is_file():
+        return hashlib.md5(path.read_bytes()).hexdigest()
+    if not path.is_dir():
+        return None
+    listing = sorted(({"md5": dvc_md5(f), "relpath": f.relative_to(path).as_posix()}
+                      for f in path.rglob("*") if f.is_file()), key=lambda entry: entry["relpath"])
+    return hashlib.md5(json.dumps(listing, sort_keys=True).encode()).hexdigest() + ".dir"
 
 
 def metric_moves(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, object]]:
@@ -89,21 +135,46 @@ def explain(old: dict | None, new: dict | None) -> str:
             f"({'; '.join(diffs) or 'same environment'}): report it with this output")
 
 
-def check(project: Path, ref: str) -> tuple[bool, str]:
-    """(reproduced, report) for one pipeline (the repository root, or a scale of the studies: studies/<scale>)."""
+def check(project: Path, ref: str, here: Path, checked: list[str]) -> tuple[bool, str]:
+    """(reproduced, report) for one pipeline (the repository root, or a scale of the studies: studies/<scale>),
+    whose stages `checked` were rerun from scratch in the clone at `here` (their outputs deleted first, so any
+    there now were recomputed). Every output of the committed lock lands in one of three groups: recomputed
+    and equal, recomputed and different (or not rebuilt: its stage failed), and not recomputed in this check,
+    which never counts as reproduced."""
     lock_path = project / "dvc.lock"
-    old, new = lock_outputs(committed(ref, lock_path)), lock_outputs(lock_path.read_text() if lock_path.exists() else None)
+    old = lock_stages(committed(ref, lock_path))
     if not old:
         return False, f"{lock_path} at {ref} records no outputs: nothing to compare"
-    changed = [p for p in old if old[p][1] != new.get(p, (None, None))[1]]
+    new = lock_stages(_read(here / lock_path))
+    same, changed, unchecked, untrue = [], [], [], []
+    for stage, st in old.items():
+        for path, md5 in st["outs"].items():
+            if stage in checked:
+                (same if dvc_md5(here / project / path) == md5 else changed).append((stage, path))
+                continue
+            unchecked.append(path)
+            tracked = committed_md5(ref, project / path)  # a result git holds must be the one its lock names
+            if tracked is not None and tracked != md5:
+                untrue.append(path)
+    counts = (f"\n  recomputed here, the committed bytes: {len(same)}"
+              f"\n  recomputed here, other bytes (or not rebuilt): {len(changed)}"
+              f"\n  not recomputed in this check, never counted as reproduced: {len(unchecked)}")
+    if untrue:
+        counts += (f"\n  NOT what the lock records: {len(untrue)} tracked output(s) committed at {ref} with other "
+                   f"bytes than {lock_path} names (edited by hand, or committed without their lock): "
+                   + ", ".join(untrue[:10]) + (" …" if len(untrue) > 10 else ""))
+    if not changed and same and not untrue:
+        return True, (f"reproduced: all {len(same)} outputs of {lock_path} that this check recomputed have the "
+                      f"committed bytes ({ref}){counts}")
     if not changed:
-        return True, f"reproduced: all {len(old)} outputs of {lock_path} have the committed bytes ({ref})"
-    lines = [f"NOT reproduced: {len(changed)} of {len(old)} outputs of {lock_path} differ from {ref}:"]
-    for path in changed:
-        stage = old[path][0]
-        lines.append(f"- {path} (stage {stage})" + ("" if path in new else ": missing here"))
-        full = project / path
-        before = committed(ref, full) if path.endswith(".json") else None
+        verdict = "NOT reproduced" if untrue else "NOT checked"
+        return False, f"{verdict}: this check recomputed {len(same) or 'no'} output(s) of {lock_path}{counts}"
+    lines = [f"NOT reproduced: {len(changed)} of the {len(changed) + len(same)} outputs of {lock_path} that this "
+             f"check recomputed differ from {ref}{counts}", ""]
+    for stage, path in changed:
+        full = here / project / path
+        lines.append(f"- {path} (stage {stage})" + ("" if full.exists() else ": not rebuilt here"))
+        before = committed(ref, project / path) if path.endswith(".json") else None
         if before and full.exists():
             try:
                 moves = metric_moves(json.loads(before), json.loads(full.read_text()))
@@ -116,24 +187,93 @@ def check(project: Path, ref: str) -> tuple[bool, str]:
                 lines.append(f"    … and {len(moves) - 40} more")
     lines.append("")
     lines.append("Numeric environment (committed → here):")
-    stages = sorted({old[p][0] for p in changed})
-    unrun = set(stages) - {stage for stage, _ in new.values()}  # not in the lock here: the stage never finished
-    for stage in stages:
-        if stage in unrun:
-            repro = "dvc repro" if project.resolve() == Path(".").resolve() else f"dvc --cd {project} repro"
-            lines.append(f"- {stage}: not recorded in {lock_path} here (not run, interrupted, or the lock was cut "
-                         f"short): run `{repro}` before the check")
+    for stage in sorted({stage for stage, _ in changed}):
+        if stage not in new:
+            lines.append(f"- {stage}: not recorded in {lock_path} here (it failed or was interrupted: see the "
+                         f"log above, in {here})")
             continue
         record = _record_path(project, stage)
         before_env = _load(committed(ref, record)).get(stage)
-        here_env = _load(record.read_text() if record.exists() else None).get(stage)
-        if before_env is None and here_env is None and record.exists():
+        here_env = _load(_read(here / record)).get(stage)
+        if before_env is None and here_env is None and (here / record).exists():
             lines.append(f"- {stage}: computes from the outputs of the stages above, no kernels of its own")
             continue
         diffs = env_differences(before_env or {}, here_env or {}) if before_env and here_env else []
         lines.append(f"- {stage}: {'; '.join(diffs) or ('no deciding difference' if before_env else 'no record')}")
         lines.append(f"  meaning: {explain(before_env, here_env)}")
     return False, "\n".join(lines)
+
+
+def scratch_clone(commit: str, where: Path | None = None) -> Path:
+    """A clone of `commit` in a new folder: tracked files only, no DVC cache, so nothing in it is prebuilt
+    except what git tracks (which the check deletes before rebuilding)."""
+    folder = Path(tempfile.mkdtemp(prefix="lmc-reproduce-", dir=where))
+    git = lambda *args: subprocess.run(["git", *args], check=True, capture_output=True, text=True)  # noqa: E731
+    git("clone", "-q", "--shared", "--no-checkout", str(Path.cwd()), str(folder))
+    git("-C", str(folder), "checkout", "-q", "--detach", commit)
+    return folder
+
+
+def rebuild(here: Path, project: Path, stages: dict[str, dict], targets: list[str]) -> list[str]:
+    """Delete in the clone `here` the outputs of `targets` and of every stage above them, then run those
+    stages from scratch with DVC (never from a run cache); the stages rebuilt, whatever DVC's exit status."""
+    rerun = upstream(stages, targets)
+    for name in rerun:
+        for out in stages[name]["outs"]:
+            path = here / project / out
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    bin_dir = Path(sys.executable).parent
+    env = {**numerics.unpinned_environ(), "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    subprocess.run([str(bin_dir / "dvc"), "repro", "--force", "--no-run-cache", "--keep-going", *targets],
+                   cwd=here / project, env=env)
+    return rerun
+
+
+SAMPLE_BUDGET_S = 480  # the default sample's cells, by their measured times: a CI job of 20 min with set-up
+
+
+def cell_strata(scale: str, locked: dict[str, dict]) -> dict[str, tuple[str, str, float]]:
+    """(model, optimizer, seconds) of each cell stage of the scale's lock: its spec's model and optimizer, and
+    its time as measured on the development CPU (reports/cost-measured.json) or, for a cell never timed, as
+    lmc/cost.py estimates it; a cell on a trunk adds the trunk's estimate."""
+    from . import cost, studies
+    raw = studies.load(scale)
+    measured = _load(_read(cost.MEASURED)) if scale == "cpu" else {}
+    out = {}
+    for study in studies.study_names(raw):
+        trunk = f"trunk-{study}"
+        trunk_s = (3600 * cost.cell_hours(studies.trunk_plan(raw, study)[0])
+                   if trunk in locked and studies.has_shared_trunk(raw, study) else 0.0)
+        for cell in studies.cells(raw, study):
+            stage = f"{study}-{cell.id}"
+            if stage in locked:
+                spec = studies.resolve(raw, cell)
+                seconds = measured.get(stage) or 3600 * cost.cell_hours(spec)
+                out[stage] = (spec.model, spec.optimizer, seconds + trunk_s)
+    return out
+
+
+def draw(cells: dict[str, tuple[str, str, float]], k: int, seed: int, budget_s: float) -> list[str]:
+    """k cells spread over the models and optimizers: the (model, optimizer) groups in an order the seed
+    shuffles, one cell from each in turn, each group's cells shuffled too; a cell whose time would take the
+    sample past `budget_s` is passed over."""
+    rng = random.Random(seed)
+    groups: dict[tuple[str, str], list[str]] = {}
+    for stage, (model, optimizer, _) in sorted(cells.items()):
+        groups.setdefault((model, optimizer), []).append(stage)
+    order = sorted(groups)
+    rng.shuffle(order)
+    for key in order:
+        rng.shuffle(groups[key])
+    picked, spent = [], 0.0
+    while len(picked) < k and any(groups.values()):
+        for key in order:
+            if groups[key] and len(picked) < k:
+                stage = groups[key].pop()
+                if spent + cells[stage][2] <= budget_s:
+                    picked.append(stage)
+                    spent += cells[stage][2]
+    return picked
 
 
 RELOCK_KEYS = ("barrier_test", "barrier_train", "barrier_test_cross_init", "barrier_train_cross_init")
@@ -187,6 +327,10 @@ def _record_path(project: Path, stage: str) -> Path:
     return project / "numerics" / f"{stage}.json"  # a scale of the studies (lmc.studies.numerics_record)
 
 
+def _read(path: Path) -> str | None:
+    return path.read_text() if path.exists() else None
+
+
 def _load(text: str | None) -> dict:
     try:
         return json.loads(text) if text else {}
@@ -196,29 +340,66 @@ def _load(text: str | None) -> dict:
 
 def usage_problem(project: Path, ref: str) -> str | None:
     """What makes the command impossible, in one line (a ref git does not know, a project that is no pipeline,
-    a lock that is not YAML), before anything is compared; None when nothing does."""
+    a committed lock that is not YAML), before anything is compared; None when nothing does."""
     if subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], capture_output=True).returncode:
         return f"--against {ref}: git knows no such commit here; name a commit, branch or tag (default HEAD)"
     if not (project / "dvc.yaml").exists():
         return f"--project {project}: no dvc.yaml there; use . or studies/<scale> (one of the scales' folders)"
-    for text, where in ((committed(ref, project / "dvc.lock"), f"{project / 'dvc.lock'} at {ref}"),
-                        ((project / "dvc.lock").read_text() if (project / "dvc.lock").exists() else None,
-                         f"{project / 'dvc.lock'} here")):
-        try:
-            yaml.safe_load(text or "")
-        except yaml.YAMLError:
-            return f"{where} is not valid YAML (cut short by an interrupted write?); restore it with git checkout"
+    try:
+        yaml.safe_load(committed(ref, project / "dvc.lock") or "")
+    except yaml.YAMLError:
+        return f"{project / 'dvc.lock'} at {ref} is not valid YAML; name a commit whose lock is whole"
     return None
+
+
+def targets(args, locked: dict[str, dict]) -> tuple[list[str], str]:
+    """The stages to rebuild, from the options (every stage of the default experiment when none are named), and
+    how they were chosen; raises ValueError with the one-line problem."""
+    project = Path(args.project)
+    if args.stages:
+        names = [s for s in args.stages.split(",") if s]
+        unknown = [s for s in names if s not in locked]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], locked, n=1)
+            raise ValueError(f"--stages: {unknown[0]} is no stage of {project / 'dvc.lock'} at {args.against}"
+                             + (f" (did you mean {close[0]}?)" if close else ""))
+        return names, f"the stages named: {', '.join(names)}"
+    if args.sample is not None:
+        if project.parent != Path("studies"):
+            raise ValueError("--sample draws cells of a scale of the studies: use --project studies/<scale>")
+        seed = args.seed if args.seed is not None else secrets.randbelow(1_000_000)
+        cells = cell_strata(project.name, locked)
+        picked = draw(cells, args.sample, seed, args.budget_s)
+        seconds = sum(cells[c][2] for c in picked)
+        return picked, (f"drew {len(picked)} of the {len(cells)} cells of {project} with seed {seed} ({seconds:.0f} s "
+                        f"by their measured times, budget {args.budget_s:.0f} s): {', '.join(picked)}\n"
+                        f"the same draw again: make check-repro SCALE={project.name} SAMPLE={args.sample} SEED={seed}")
+    if project.resolve() != Path(".").resolve():
+        raise ValueError(f"name the cells of {project} to rebuild: --sample K (drawn by a seed) or --stages "
+                         f"a,b (every cell takes hours: --sample {len(locked)} draws them all)")
+    return list(locked), f"every stage of {project / 'dvc.lock'}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lmc.reproduce", description=__doc__.splitlines()[0])
     parser.add_argument("--project", default=".", help="the pipeline to check: . (default) or studies/<scale>")
     parser.add_argument("--against", default="HEAD", help="the commit whose results are the reference")
+    parser.add_argument("--sample", type=int, metavar="K", help="rebuild K cells of a scale of the studies, spread "
+                        "over models and optimizers, drawn by --seed (their data and trunk stages too)")
+    parser.add_argument("--seed", type=int, help="the draw's seed (default: a new one, printed)")
+    parser.add_argument("--budget-s", type=float, default=SAMPLE_BUDGET_S, help="the most seconds the drawn cells "
+                        "may take by their measured times on the development CPU (default %(default)s)")
+    parser.add_argument("--stages", help="rebuild these stages (comma-separated), with the stages above them")
+    parser.add_argument("--workdir", type=Path, help="where to make the scratch clone (default: the temp folder)")
+    parser.add_argument("--report", type=Path, metavar="FILE", help="also write the verdict and its report there")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch clone (kept anyway on a failure)")
     parser.add_argument("--relock-report", metavar="FILE",
                         help="instead of checking, write how every barrier moved against --against (a relock)")
     args = parser.parse_args(argv)
-    problem = usage_problem(Path(args.project), args.against)
+    project = Path(args.project)
+    problem = usage_problem(project, args.against)
+    if not problem and args.sample is not None and args.sample < 1:
+        problem = f"--sample {args.sample}: draw at least one cell"
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -233,8 +414,30 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(text.split("\n\n")[1])
         return 0
-    ok, report = check(Path(args.project), args.against)
+    locked = lock_stages(committed(args.against, project / "dvc.lock"))
+    try:
+        chosen, chosen_how = targets(args, locked)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    if subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                      text=True).stdout.strip():
+        print(f"note: the check runs the code of HEAD ({head}); uncommitted changes here are not part of it")
+    here = scratch_clone(head, args.workdir)
+    print(f"{chosen_how}\nrebuilding them and the stages above them from scratch in {here}", flush=True)
+    start = time.monotonic()
+    rebuilt = rebuild(here, project, locked, chosen)
+    ok, report = check(project, args.against, here, rebuilt)
+    report = (f"{chosen_how}\n{report}\n(the code of {head}; {len(rebuilt)} stages rebuilt in "
+              f"{time.monotonic() - start:.0f} s)")
     print(report)
+    if args.report:
+        args.report.write_text(report + "\n")
+    if ok and not args.keep:
+        shutil.rmtree(here, ignore_errors=True)
+    else:
+        print(f"the scratch clone is kept: {here}")
     return 0 if ok else 1
 
 

@@ -234,23 +234,30 @@ def test_bad_params_stop_dvc_repro_with_one_line_and_no_output(tmp_path, line, m
 
 
 def test_committed_lock_reproduces_here_and_a_difference_is_explained(tmp_path):
-    """The default experiment, run from scratch, gives the bytes pinned in the committed dvc.lock (the check
-    users run: make check-repro); rerun in the other numerics mode, the check fails and says why."""
-    repo = copy_repo(tmp_path)
-    sh(repo, "dvc", "repro", "-f")
-    check = sh(repo, sys.executable, "-m", "lmc.reproduce", check=False)
+    """`make check-repro` on a copy of the repository: every stage of the default experiment, rebuilt from scratch
+    in a scratch clone, gives the bytes pinned in the committed dvc.lock; a commit that moves the experiment to
+    the other numerics mode, checked against the commit before it, fails and says why."""
+    repo, scratch = copy_repo(tmp_path / "repo"), tmp_path / "scratch"
+    scratch.mkdir()
+    check = sh(repo, sys.executable, "-m", "lmc.reproduce", "--workdir", str(scratch), check=False)
     assert check.returncode == 0, f"the committed results do not reproduce:\n{check.stdout}"
-    assert "reproduced: all 16 outputs" in check.stdout
-    assert json.loads((repo / "reports/numerics.json").read_text())["train"]["numerics"] == "portable"
+    assert "reproduced: all 16 outputs of dvc.lock that this check recomputed have the committed bytes" in \
+        check.stdout and "not recomputed in this check, never counted as reproduced: 0" in check.stdout
+    assert not any(scratch.iterdir())  # the scratch clone goes once the check passes
+    assert not (repo / "data/twins").exists()  # and the checkout is left as it was
 
     params = yaml.safe_load((repo / "params.yaml").read_text())
     (repo / "params.yaml").write_text(yaml.safe_dump({**params, "numerics": "native"}, sort_keys=False))
-    sh(repo, "dvc", "repro")
-    check = sh(repo, sys.executable, "-m", "lmc.reproduce", check=False)
+    commit(repo, "native")
+    check = sh(repo, sys.executable, "-m", "lmc.reproduce", "--against", "HEAD~1", "--workdir", str(scratch),
+               check=False)
     assert check.returncode == 1, check.stdout
     assert "NOT reproduced" in check.stdout and "- data/twins (stage train)" in check.stdout
     assert re.search(r"^    \w+: \S+ → \S+ \([+-]", check.stdout, re.M), check.stdout  # a metric and its move
     assert "another numerics mode (portable → native)" in check.stdout
+    kept = list(scratch.iterdir())
+    assert len(kept) == 1 and f"the scratch clone is kept: {kept[0]}" in check.stdout
+    assert json.loads((kept[0] / "reports/numerics.json").read_text())["train"]["numerics"] == "native"
 
 
 TINY_STUDIES = {
@@ -304,6 +311,39 @@ def test_study_cells_are_cached_one_by_one_and_absent_data_is_one_line(tmp_path)
     errors = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
     assert proc.returncode != 0 and len(errors) == 1
     assert errors[0].startswith("error: dataset cifar10: data/raw/cifar-10-batches-py/") and "not found" in errors[0]
+
+
+def test_a_sampled_check_rebuilds_only_the_drawn_cells_and_their_data_and_counts_only_them(tmp_path):
+    """`make check-repro SCALE=cpu SAMPLE=1`: one cell drawn by the printed seed is rebuilt with its data stages
+    in a scratch clone and has the committed bytes; the other cell and the report are 'not recomputed', never
+    reproduced; a result committed by hand with other bytes than its lock fails the check though not rebuilt."""
+    config = copy.deepcopy(TINY_STUDIES)
+    del config["studies"]["absent"]
+    repo, scratch = copy_repo(tmp_path / "repo", {"download": False}), tmp_path / "scratch"
+    scratch.mkdir()
+    write_studies(repo, config)
+    sh(repo, sys.executable, "-m", "lmc.studies_dvc", "--repro", "tiny", "--scale", "cpu")
+    commit(repo, "tiny results")
+    check = sh(repo, sys.executable, "-m", "lmc.reproduce", "--project", "studies/cpu", "--sample", "1", "--seed",
+               "5", "--workdir", str(scratch), check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+    drawn = re.search(r"^drew 1 of the 2 cells of studies/cpu with seed 5 .*: (tiny-\w+)$", check.stdout, re.M)
+    assert drawn and "the same draw again: make check-repro SCALE=cpu SAMPLE=1 SEED=5" in check.stdout
+    assert ran(check.stdout) == ["source-mnist", "prepare-mnist", drawn[1]]
+    assert "recomputed here, the committed bytes: 4" in check.stdout  # the cell, its source and two .betons
+    locked = yaml.safe_load((repo / "studies/cpu/dvc.lock").read_text())["stages"]
+    rest = sum(len(stage["outs"]) for stage in locked.values()) - 4  # the other cell, the report (and old cells)
+    assert f"not recomputed in this check, never counted as reproduced: {rest}\n" in check.stdout
+
+    other = "med" if drawn[1] == "tiny-hi" else "hi"
+    result = repo / f"studies/cpu/out/tiny/{other}.json"
+    result.write_text(result.read_text() + "\n")
+    commit(repo, "a result edited by hand")
+    check = sh(repo, sys.executable, "-m", "lmc.reproduce", "--project", "studies/cpu", "--stages", drawn[1],
+               "--workdir", str(scratch), check=False)
+    assert check.returncode == 1 and f"NOT what the lock records: 1 tracked output(s) committed at HEAD with other " \
+        f"bytes than studies/cpu/dvc.lock names (edited by hand, or committed without their lock): " \
+        f"out/tiny/{other}.json" in check.stdout, check.stdout
 
 
 def tree(repo: Path, *folders: str) -> dict[str, bytes]:

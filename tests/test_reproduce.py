@@ -1,6 +1,9 @@
 """The reproduction check's report (lmc/reproduce.py); its end-to-end run on the real pipeline is in
 tests/test_pipeline.py."""
+import hashlib
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -93,20 +96,113 @@ def test_a_ref_git_does_not_know_a_folder_without_a_pipeline_or_a_broken_lock_is
     assert "--against nosuchref: git knows no such commit here" in capsys.readouterr().err
     assert reproduce.main(["--project", "studies/cpuu", "--relock-report", "r.md"]) == 2
     assert "--project studies/cpuu: no dvc.yaml there" in capsys.readouterr().err and not Path("r.md").exists()
-    (tmp_path / "dvc.lock").write_text("stages:\n  train:\n    outs: [\n")  # cut short mid-write
-    assert "dvc.lock here is not valid YAML (cut short by an interrupted write?)" in \
-        reproduce.usage_problem(Path("."), "HEAD")
+    assert reproduce.main(["--sample", "2"]) == 2  # the default experiment has no cells to draw
+    assert "--sample draws cells of a scale of the studies" in capsys.readouterr().err
+    (tmp_path / "dvc.lock").write_text("stages:\n  train:\n    outs: [\n")  # cut short mid-write, then committed
+    subprocess.run(["git", "commit", "-qam", "cut", "--author", "t <t@t>"], check=True, capture_output=True,
+                   env={**os.environ, "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
+    assert "dvc.lock at HEAD is not valid YAML" in reproduce.usage_problem(Path("."), "HEAD")
 
 
-def test_a_stage_missing_from_the_lock_here_is_named_as_not_run_not_blamed_on_a_kernel(tmp_path, monkeypatch):
+def write_outputs(outs: dict[str, str]) -> dict:
+    """The files `outs` (path -> text) and a dvc.lock that records each as its own stage's output, as DVC would."""
+    for path, text in outs.items():
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text)
+    lock = {"schema": "2.0", "stages": {Path(p).stem: {"cmd": "x", "outs": [{"path": p, "md5": reproduce.dvc_md5(
+        Path(p))}]} for p in outs}}
+    Path("dvc.lock").write_text(yaml.safe_dump(lock))
+    return lock
+
+
+def test_only_recomputed_bytes_count_a_changed_file_under_an_unchanged_lock_fails_and_the_rest_is_unchecked(
+        tmp_path, monkeypatch):
+    """The verdict comes from the files' own bytes, and only from those this check rebuilt: a file whose bytes
+    moved under an unchanged lock fails; a tracked output it did not rebuild is 'not recomputed', never
+    reproduced; a check that rebuilt nothing passes nothing."""
+    monkeypatch.chdir(tmp_path)
+    write_outputs({"data/twins.pt": "weights", "reports/metrics.json": '{"barrier_test": 0.01}'})
+    commit_here("results")
+    ok, text = reproduce.check(Path("."), "HEAD", Path("."), ["twins"])
+    assert ok and text.startswith("reproduced: all 1 outputs of dvc.lock that this check recomputed")
+    assert "recomputed here, the committed bytes: 1" in text and \
+        "not recomputed in this check, never counted as reproduced: 1" in text
+
+    Path("data/twins.pt").write_text("other weights")  # the lock is untouched
+    ok, text = reproduce.check(Path("."), "HEAD", Path("."), ["twins", "metrics"])
+    assert not ok and text.startswith("NOT reproduced: 1 of the 2 outputs") and "- data/twins.pt (stage twins)" in text
+    Path("reports/metrics.json").write_text('{"barrier_test": 0.02}')
+    ok, text = reproduce.check(Path("."), "HEAD", Path("."), ["metrics"])
+    assert not ok and "    barrier_test: 0.01 → 0.02 (+0.01)" in text
+
+    ok, text = reproduce.check(Path("."), "HEAD", Path("."), [])  # nothing rebuilt: whatever is on disk
+    assert not ok and text.startswith("NOT checked: this check recomputed no output(s) of dvc.lock")
+    assert "not recomputed in this check, never counted as reproduced: 2" in text
+
+
+def test_a_tracked_result_committed_with_other_bytes_than_its_lock_fails_even_unrebuilt(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_outputs({"out/t2/hi.json": '{"barrier_test": 0.01}', "out/t2/lo.json": '{"barrier_test": 0.03}'})
+    Path("out/t2/lo.json").write_text('{"barrier_test": 0.003}')  # a result edited by hand, committed as it is
+    commit_here("results")
+    ok, text = reproduce.check(Path("."), "HEAD", Path("."), ["hi"])
+    assert not ok and "NOT what the lock records: 1 tracked output(s) committed at HEAD with other bytes than " \
+        "dvc.lock names (edited by hand, or committed without their lock): out/t2/lo.json" in text
+
+
+def test_a_folder_hashes_as_dvc_records_it(tmp_path):
+    """dvc_md5 against DVC itself: `dvc add` of a folder of nested files records the md5 the check computes."""
+    (tmp_path / "twins/pair0").mkdir(parents=True)
+    for name, payload in {"twins/pair0/a.pt": b"a" * 3, "twins/pair0/b.pt": b"\x00\x01", "twins/z.txt": b"z"}.items():
+        (tmp_path / name).write_bytes(payload)
+    dvc = [str(Path(sys.executable).parent / "dvc")]
+    subprocess.run(dvc + ["init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(dvc + ["add", "-q", "twins"], cwd=tmp_path, check=True)
+    recorded = yaml.safe_load((tmp_path / "twins.dvc").read_text())["outs"][0]["md5"]
+    assert reproduce.dvc_md5(tmp_path / "twins") == recorded and recorded.endswith(".dir")
+    assert reproduce.dvc_md5(tmp_path / "twins/z.txt") == hashlib.md5(b"z").hexdigest()
+    assert reproduce.dvc_md5(tmp_path / "absent") is None
+
+
+def test_a_stage_is_rebuilt_with_every_stage_above_it():
+    stages = {"source": {"outs": {"data/mnist/source.json": 1}, "deps": []},
+              "prepare": {"outs": {"data/mnist/train.beton": 1}, "deps": ["data/mnist/source.json", "../../lmc"]},
+              "trunk-spawn": {"outs": {"trunks/spawn": 1}, "deps": ["data/mnist/train.beton"]},
+              "spawn-k8": {"outs": {"out/spawn/k8.json": 1}, "deps": ["data/mnist/train.beton", "trunks/spawn"]},
+              "table2-hi": {"outs": {"out/table2/hi.json": 1}, "deps": ["data/mnist/train.beton"]}}
+    assert reproduce.upstream(stages, ["spawn-k8"]) == ["source", "prepare", "trunk-spawn", "spawn-k8"]
+    assert reproduce.upstream(stages, ["table2-hi"]) == ["source", "prepare", "table2-hi"]
+
+
+def test_the_sample_is_spread_over_models_and_optimizers_within_its_budget_and_redrawn_by_its_seed():
+    cells = {f"{m}-{o}-{i}": (m, o, 10.0 * (i + 1)) for m in ("mlp", "cnn", "vit") for o in ("sgd", "adam")
+             for i in range(4)}
+    draw = reproduce.draw(cells, 6, seed=3, budget_s=1e9)
+    assert len(draw) == 6 and {cells[c][:2] for c in draw} == {(m, o) for m in ("mlp", "cnn", "vit")
+                                                                for o in ("sgd", "adam")}
+    assert draw == reproduce.draw(cells, 6, seed=3, budget_s=1e9)
+    assert any(reproduce.draw(cells, 6, seed=s, budget_s=1e9) != draw for s in range(4, 8))
+    tight = reproduce.draw(cells, 6, seed=3, budget_s=45)
+    assert sum(cells[c][2] for c in tight) <= 45 and tight
+
+
+def test_the_committed_studies_are_drawn_from_every_cell_with_a_time(tmp_path):
+    locked = reproduce.lock_stages((ROOT / "studies/cpu/dvc.lock").read_text())
+    cells = reproduce.cell_strata("cpu", locked)
+    assert len(cells) == 131 and {m for m, _, _ in cells.values()} == {"mlp", "linear", "cnn", "lc_cnn", "vit"}
+    assert all(seconds > 0 for _, _, seconds in cells.values()) and "trunk-spawn" not in cells
+    default = reproduce.draw(cells, 6, seed=0, budget_s=reproduce.SAMPLE_BUDGET_S)
+    assert len(default) >= 5 and len({cells[c][:2] for c in default}) == len(default)
+
+
+def test_a_stage_missing_from_the_rebuilt_lock_is_named_as_failed_not_blamed_on_a_kernel(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     outs = {"train": "data/twins", "report": "reports/metrics.json"}
     lock = {"schema": "2.0", "stages": {s: {"cmd": s, "outs": [{"path": o, "md5": "0" * 32}]} for s, o in outs.items()}}
     (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
     commit_here("c")
-    del lock["stages"]["report"]  # a lock cut short after its first stage
+    del lock["stages"]["report"]  # the rebuild failed at its last stage
     (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
-    ok, text = reproduce.check(Path("."), "HEAD")
-    assert not ok and "- reports/metrics.json (stage report): missing here" in text
-    assert "- report: not recorded in dvc.lock here (not run, interrupted, or the lock was cut short): run " \
-           "`dvc repro` before the check" in text and "unpinned" not in text
+    ok, text = reproduce.check(Path("."), "HEAD", Path("."), ["train", "report"])
+    assert not ok and "- reports/metrics.json (stage report): not rebuilt here" in text
+    assert "- report: not recorded in dvc.lock here (it failed or was interrupted" in text and "unpinned" not in text

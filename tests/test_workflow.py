@@ -23,10 +23,13 @@ def test_workflow_matches_githubs_schema_and_a_broken_one_does_not(tmp_path):
     assert validate(tmp_path / "broken.yml").returncode != 0
 
 
-def test_workflow_reproduces_and_fails_on_any_change_with_a_report():
-    steps = yaml.safe_load(WORKFLOW.read_text())["jobs"]["reproduce"]["steps"]
-    runs = "\n".join(s.get("run", "") for s in steps)
-    assert "make setup" in runs and "dvc repro --force" in runs
-    assert "python -m lmc.reproduce" in runs and "pipefail" in runs  # fails with its report
-    summary = next(s["run"] for s in steps if "GITHUB_STEP_SUMMARY" in s.get("run", ""))
-    assert "dvc exp diff --md" in summary and "dvc metrics diff --md" in summary and "reproduce.txt" in summary
+def test_workflow_runs_both_checks_through_the_make_targets_and_reports_them():
+    job = yaml.safe_load(WORKFLOW.read_text())["jobs"]["reproduce"]
+    checks = {entry["make"]: entry["minutes"] for entry in job["strategy"]["matrix"]["include"]}
+    assert checks == {"make check-repro": 30, "make check-repro SCALE=cpu": 20}
+    runs = [s.get("run", "") for s in job["steps"]]
+    assert "${{ matrix.make }} ARGS=\"--report reproduce.txt\"" in runs  # the make target's own steps, not a copy
+    makefile = (ROOT / "Makefile").read_text()
+    assert "check-repro: setup" in makefile and "$(ARGS)" in makefile.split("check-repro: setup")[1].split("\n\n")[0]
+    summary = next(r for r in runs if "GITHUB_STEP_SUMMARY" in r)
+    assert "cat reproduce.txt" in summary and job["steps"][-1].get("if") == "always()"
