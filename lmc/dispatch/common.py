@@ -6,6 +6,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -35,21 +36,32 @@ def error_line(err: BaseException, last: bool = False) -> str:
 
 
 # Fault injection (tests/test_faults.py, benchmarks/faults.py): "<step>:<SIGNAL>" makes the dispatcher send
-# itself SIGNAL the first time it reaches `step` of taking a result home (FAULT_STEPS), as a user's kill, a
-# closed terminal or the OOM killer would at that moment. "commit-cut" leaves first what a write of dvc.lock cut
-# halfway leaves (DVC writes it in place): its first half. "<step>:ENOSPC" fills the disk there instead: every
-# later write at home fails as on a full disk (only on a file system of at most FILL_LIMIT bytes, a test's).
+# itself SIGNAL the first time `step` (FAULT_STEPS) handles a worker's result it is taking home (not the data or
+# report stages home runs: a fault there tests nothing of taking a result home), as a user's kill, a closed
+# terminal or the OOM killer would at that moment. "commit-cut" leaves first what a write of dvc.lock cut halfway
+# leaves (DVC writes it in place): its first half. "<step>:ENOSPC" fills the disk there instead: every later write
+# at home fails as on a full disk (only on a file system of at most FILL_LIMIT bytes, a test's). Each fault that
+# fires appends where it fired to the file FAULT_LOG_ENV names, one JSON line: what the report counts.
 FAULT_ENV = "LMC_DISPATCH_FAULT"
+FAULT_LOG_ENV = "LMC_DISPATCH_FAULT_LOG"
 FAULT_STEPS = ("journal", "output", "pull", "commit-cut", "commit", "numerics", "records", "sort")
 FILLER = "disk-filler"  # in the folder the dispatcher runs in (the repository's root)
 FILL_LIMIT = 2 << 30
+# The stages whose worker results home.dispatch holds and has not yet finished taking home (lock sorted): a
+# fault's record says whether its stage was one, apart from the caller saying which stage it handles.
+IN_FLIGHT: set[str] = set()
 
 
-def fault(step: str, lock_file: Path | None = None) -> None:
+def fault(step: str, stage: str | None, lock_file: Path | None = None) -> None:
+    """`stage`: the trunk or cell whose result `step` handles; None where it handles none (home's own stages)."""
     name, _, action = os.environ.get(FAULT_ENV, "").partition(":")
-    if name != step:
+    if name != step or stage is None:
         return
     del os.environ[FAULT_ENV]  # once
+    if os.environ.get(FAULT_LOG_ENV):  # first: a SIGKILL leaves no other word of where it struck
+        with open(os.environ[FAULT_LOG_ENV], "a") as log:
+            log.write(json.dumps({"step": step, "fault": action, "stage": stage, "in_flight": stage in IN_FLIGHT})
+                      + "\n")
     if action == "ENOSPC":
         return fill_disk(Path.cwd() / FILLER)
     if step == "commit-cut" and lock_file is not None:

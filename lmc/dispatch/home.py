@@ -16,8 +16,8 @@ import yaml
 from .. import cost, studies, studies_dvc
 from ..io import write_bytes_atomic, write_text_atomic
 from ..resume import cell_file, read_progress
-from .common import (Detached, DispatchError, Task, add_lock_entries, dvc, fault, md5, resume_dir, squeue,
-                     state_dir)
+from .common import (IN_FLIGHT, Detached, DispatchError, Task, add_lock_entries, dvc, fault, md5, resume_dir,
+                     squeue, state_dir)
 from .local import local_result, stop_worker, worker_alive
 from .plan import (blocked, check_committed, data_stages, pending, planned, sent_out, stage_defs, study_stages,
                    unprepared_note, upstream)
@@ -42,7 +42,6 @@ def journaled(scale: str, stage: str, outputs: list[Path] = ()):
     journal = journal_path(scale)
     write_text_atomic(journal, json.dumps(saved))
     try:
-        fault("journal")
         yield
     except BaseException:
         _restore(scale, saved)  # if this fails too (a full disk), the journal stays for `recover`
@@ -93,27 +92,28 @@ def take_home(scale: str, result: dict) -> None:
     record = studies.numerics_record(scale, stage)
     targets = [home / path for path in result["files"]]  # lock paths are relative to the scale's folder
     with journaled(scale, stage, targets + ([record] if result.get("numerics") else [])):
+        fault("journal", stage)  # the journal written, nothing else yet
         for target, (path, b64) in zip(targets, result["files"].items()):
             payload = base64.b64decode(b64)
             if md5(payload) != want.get(path):
                 raise DispatchError(f"dispatch: {stage}'s {path} came back damaged (md5 differs from its lock); "
                                     f"dispatch again")
             write_bytes_atomic(target, payload)
-            fault("output")
+            fault("output", stage)
         if len(result["files"]) < len(want):  # cached outputs: pulled by the md5s of the worker's lock entry
             add_lock_entries(lock_file, {stage: lock_entry})
             dvc("pull", "-r", "dispatch", stage, cwd=home)
-            fault("pull")
-        fault("commit-cut", lock_file)
+            fault("pull", stage)
+        fault("commit-cut", stage, lock_file)
         dvc("commit", "-f", "-q", stage, cwd=home)
-        fault("commit")
+        fault("commit", stage)
         recorded = yaml.safe_load(lock_file.read_text())["stages"][stage]
         if recorded != lock_entry:
             raise DispatchError(f"dispatch: {stage} was recorded at home with other hashes than the worker's "
                                 f"(its code, params or data changed since it was sent); dispatch again")
         if result.get("numerics"):
             write_text_atomic(record, result["numerics"])
-            fault("numerics")
+            fault("numerics", stage)
 
 
 # -- records: what was sent, what failed ---------------------------------------------------------------------
@@ -301,6 +301,8 @@ def dispatch(scale: str, names: list[str], executor, remote: str | None, git_url
                     records[stage] = {**records.get(stage, {}), "state": "failed", "log": str(log)}
                     failed.append(stage)
                     save_records(scale, records)
+                else:
+                    IN_FLIGHT.add(stage)  # until it is home, lock sorted
             while at < len(plan):  # take home, in the plan's order, whatever is ready
                 stage = plan[at]
                 if blocked(stage, defs, plan, failed) or stage in failed:
@@ -318,7 +320,7 @@ def dispatch(scale: str, names: list[str], executor, remote: str | None, git_url
                 elif stage in results:
                     try:
                         take_home(scale, results[stage])
-                        fault("records")
+                        fault("records", stage)
                         records.pop(stage, None)
                         done.add(stage)
                     except DispatchError as err:
@@ -330,7 +332,8 @@ def dispatch(scale: str, names: list[str], executor, remote: str | None, git_url
                 else:
                     break
                 studies_dvc.sort_lock(scale)  # the lock in dvc.yaml's order, whatever DVC appended
-                fault("sort")
+                fault("sort", stage if sent_out(stage) else None)  # after a worker's result, not home's stages
+                IN_FLIGHT.discard(stage)
                 at += 1
             if at < len(plan):
                 time.sleep(0.5)
