@@ -7,8 +7,9 @@ another model. Two modes (the `numerics` param):
   whatever the environment says: ATen's own kernels at their baseline build (`ATEN_CPU_CAPABILITY=default`,
   no AVX2/AVX-512 variants), MKL on its conditional-numerical-reproducibility path that every x86-64 CPU
   takes, Intel or AMD (`MKL_CBWR=COMPATIBLE`), oneDNN and NNPACK off (their kernels are chosen per ISA and
-  cache size), and a fixed thread count (ATen and MKL split sums by thread). tests/test_numerics.py proves it
-  on one machine under every ISA level and thread count it can take.
+  cache size), and a fixed thread count (ATen and MKL split sums by thread). tests/test_numerics.py shows on
+  one machine that a user's settings are overridden and that MKL held to an older CPU's instructions computes
+  the same bytes (and says what it does not show).
 - `native`: this machine's fast paths, as the results made before the modes existed: ATen capped at AVX2 and
   MKL asked for its AVX2 branch (which it takes on Intel only), both unless the environment says otherwise,
   and every core. Same bytes on one kind of CPU only.

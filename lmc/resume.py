@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .io import OutputError, write_text_atomic
+from .io import OutputError, partial, write_text_atomic
 from .models import CheckpointError, read_payload, write_payload
 from .spec import env_seconds
 
@@ -115,5 +115,8 @@ class Resume:
             write_text_atomic(progress_file(self.path), json.dumps({"epoch": epochs_done, "epochs": epochs}))
 
     def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
-        progress_file(self.path).unlink(missing_ok=True)
+        """Remove the progress, and what a save a SIGKILL cut short left (load never reads it; a later save
+        overwrites it, but a stage that finishes before its next save would leave it for good)."""
+        for path in (self.path, progress_file(self.path)):
+            path.unlink(missing_ok=True)
+            partial(path).unlink(missing_ok=True)

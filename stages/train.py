@@ -1,17 +1,23 @@
 """train: every twin pair from its Θ0 (after a shared trunk of spawn_step steps), in lockstep
 -> data/twins/pair<i>/{a,b}.pt and per-epoch curves."""
 import math
+import os
+import signal
 import sys
 
 from dvclive import Live
 from tqdm import tqdm
 
 from lmc import data, device, models, numerics, paths
-from lmc.io import write_text_atomic
+from lmc.io import atomic_dir, write_text_atomic
 from lmc.resume import Resume
 from lmc.spec import load_params
 from lmc.stage import entry
 from lmc.train import train_pairs, twin_state
+
+# Fault injection (tests/test_interrupt.py): LMC_TRAIN_FAULT=twins makes the stage SIGKILL itself right after
+# it has written its first twin file, as a kill in the middle of writing the twins would.
+FAULT_ENV = "LMC_TRAIN_FAULT"
 
 
 @entry
@@ -43,12 +49,16 @@ def main() -> None:
     if result.status != "ok":
         print(f"train: a twin diverged in epoch {result.diverged_epoch + 1}; "
               f"the report will show this run as unstable", file=sys.stderr)
-    for pair in range(spec.pairs):
-        seeds = spec.pair_seeds(pair)
-        for side in "ab":
-            models.save_checkpoint(paths.twin(pair, side), inits[0].arch, twin_state(result, pair, side),
-                                   twin=side, pair=pair, status=result.status, diverged_epoch=result.diverged_epoch,
-                                   order_seed=seeds[f"order_{side}"], spawn_step=spec.spawn_step)
+    with atomic_dir(paths.TWINS_DIR) as twins:  # every twin or none: a kill never leaves a part of the set
+        for pair in range(spec.pairs):
+            seeds = spec.pair_seeds(pair)
+            for side in "ab":
+                models.save_checkpoint(twins / paths.twin(pair, side).relative_to(paths.TWINS_DIR), inits[0].arch,
+                                       twin_state(result, pair, side), twin=side, pair=pair, status=result.status,
+                                       diverged_epoch=result.diverged_epoch, order_seed=seeds[f"order_{side}"],
+                                       spawn_step=spec.spawn_step)
+                if os.environ.get(FAULT_ENV) == "twins":
+                    os.kill(os.getpid(), signal.SIGKILL)
     numerics.record(paths.NUMERICS, "train", spec.device)
     resume.clear()  # the twins are written: the progress that led to them is no longer needed
 

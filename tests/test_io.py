@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from lmc.io import OutputError, atomic_path, write_text_atomic
+from lmc.io import OutputError, atomic_dir, atomic_path, write_text_atomic
 
 from .conftest import run_stage
 
@@ -17,6 +17,22 @@ def test_a_failed_block_leaves_the_old_file_and_no_partial(tmp_path):
             tmp.write_text("half")
             raise KeyError("crash")
     assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+
+
+def test_a_folder_is_replaced_whole_or_not_at_all_and_a_killed_runs_leftover_is_dropped(tmp_path):
+    target = tmp_path / "twins"
+    (target / "pair0").mkdir(parents=True)
+    (target / "pair0/a.pt").write_text("old")
+    (tmp_path / "twins.partial/pair9").mkdir(parents=True)  # what a SIGKILL mid-write left
+    with pytest.raises(KeyError):
+        with atomic_dir(target) as tmp:
+            assert list(tmp.iterdir()) == []  # the leftover is not taken up
+            (tmp / "a.pt").write_text("half")
+            raise KeyError("crash")
+    assert list(tmp_path.iterdir()) == [target] and (target / "pair0/a.pt").read_text() == "old"
+    with atomic_dir(target) as tmp:
+        (tmp / "b.pt").write_text("new")
+    assert list(tmp_path.iterdir()) == [target] and list(target.iterdir()) == [target / "b.pt"]
 
 
 def test_full_disk_is_an_output_error_naming_the_file(tmp_path, monkeypatch):
