@@ -110,7 +110,10 @@ def markdown(raw: dict, study: str, frame: pd.DataFrame) -> str:
                   "not predict this scale's (README: every scale side by side)."]
     if has_paper:
         lines.append(f"⚠ marks a cell where ours and the paper's fall on different sides of the "
-                     f"{THRESHOLD:.0%} line (either split), or where only one of the two diverged.")
+                     f"{THRESHOLD:.0%} line (either split), or where only one of the two diverged."
+                     + ("" if raw["scale"] == "paper" else
+                        f" Ours are at {raw['scale']} scale, the paper's at its own: a cell without ⚠ sits on the "
+                        f"paper's side of the line here, which does not reproduce the paper's number at its scale."))
     lines.append("")
     pairs = int(frame["pairs"].max()) if frame["pairs"].notna().any() else 1
     if pairs > 1:
@@ -170,7 +173,8 @@ def markdown(raw: dict, study: str, frame: pd.DataFrame) -> str:
     lines += ["", f"{len(frame)} cells: {connected} linearly connected (both barriers < {THRESHOLD:.0%}), "
               f"{len(ok) - connected} not, {len(frame) - len(ok)} unstable."]
     if has_paper:
-        lines.append(f"{(frame.apply(_flag, axis=1) == '⚠').sum()} cells flagged ⚠.")
+        lines.append(f"{(frame.apply(_flag, axis=1) == '⚠').sum()} cells flagged ⚠"
+                     + ("." if raw["scale"] == "paper" else f" ({raw['scale']} scale against the paper's scale)."))
     notes = studies.notes_path(raw["scale"], study)
     if notes.exists():  # written by hand against these results (studies/<scale>/notes/<study>.md)
         lines += ["", notes.read_text().rstrip()]

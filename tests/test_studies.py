@@ -244,6 +244,9 @@ def test_report_puts_ours_beside_the_papers_and_marks_unstable(tmp_path, monkeyp
     assert "3.00 / 3.00" in line and "0.06 / 0.04" in line and line.endswith("| ⚠ |")
     assert next(l for l in text.splitlines() if l.startswith("| L8 | adam-hi |")).count("unstable") == 2
     assert "24 cells: 22 linearly connected" in text and "1 unstable" in text
+    # the paper's numbers come from its own scale: a cpu-scale report says so beside its flags
+    assert "Ours are at cpu scale, the paper's at its own: a cell without ⚠ sits on the paper's side" in text
+    assert re.search(r"^\d+ cells flagged ⚠ \(cpu scale against the paper's scale\)\.$", text, re.M)
     for name in ("a.png", "b.png"):
         study_report.figure(RAW, "table1", frame, tmp_path / name)
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
