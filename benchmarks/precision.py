@@ -1,5 +1,5 @@
 """Does the training precision move the barrier? One cell trained at fp32, tf32 and bf16 on one GPU, every other
-setting equal; the path is evaluated in fp32 each time (lmc/train.py: precision is training's arithmetic).
+setting equal; the path is evaluated in fp32 each time (lmc/step.py: precision is training's arithmetic).
 
     python benchmarks/precision.py --mnist DIR              # writes reports/precision.md and .json
 

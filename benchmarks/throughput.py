@@ -38,7 +38,8 @@ from torch import nn
 
 from lmc import connectivity, cost, data, datasets, models, numerics, paths
 from lmc.spec import Spec
-from lmc.train import make_optimizer, precision_mode, train_twins
+from lmc.step import make_optimizer, precision_mode
+from lmc.train import train_twins
 
 EPOCHS = 5  # the first is warm-up; the median of the others is reported (this machine's timings vary)
 THREADS = numerics.threads()  # what train_twins uses in this mode

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -34,6 +33,12 @@ class MLP(nn.Module):
     # The first layer's output is linear in that layer's own parameters, so along the α-path it is the
     # same mix of its outputs at A and B: evaluation computes it twice instead of once per α.
     first_layer = "layers.0"
+    # The Spec fields its arch reads (channels: the paper's width, `width: auto`).
+    spec_fields = ("depth", "width", "channels", "negative_slope")
+
+    @staticmethod
+    def spec_args(spec: Spec) -> dict:
+        return {"depth": spec.depth, "width": dense_width(spec), "negative_slope": spec.negative_slope}
 
     def __init__(self, in_shape: list[int], classes: int, depth: int, width: int, negative_slope: float):
         super().__init__()
@@ -61,6 +66,12 @@ class LinearNet(MLP):
     Leaky-ReLU with slope 1 is the identity exactly (x·1.0 == x in floating point).
     """
 
+    spec_fields = ("depth", "width", "channels")
+
+    @staticmethod
+    def spec_args(spec: Spec) -> dict:
+        return {"depth": spec.depth, "width": dense_width(spec)}
+
     def __init__(self, in_shape: list[int], classes: int, depth: int, width: int):
         super().__init__(in_shape, classes, depth, width, negative_slope=1.0)
 
@@ -69,6 +80,11 @@ class CNN(nn.Module):
     """One conv layer (`channels` filters of k×k, stride k, no padding), Leaky-ReLU, a linear classifier."""
 
     first_layer = "hidden"  # see MLP
+    spec_fields = ("channels", "negative_slope")
+
+    @staticmethod
+    def spec_args(spec: Spec) -> dict:
+        return {"channels": spec.channels, "negative_slope": spec.negative_slope}
 
     def __init__(self, in_shape: list[int], classes: int, channels: int, negative_slope: float, kernel: int = KERNEL):
         super().__init__()
@@ -123,6 +139,12 @@ class ViT(nn.Module):
     projection, LayerNorm, linear head. Attention is written as batched matmuls so that vmap can stack twins.
     """
 
+    spec_fields = ("width",)
+
+    @staticmethod
+    def spec_args(spec: Spec) -> dict:
+        return {"width": VIT_PAPER_WIDTH if spec.width == "auto" else spec.width}
+
     def __init__(self, in_shape: list[int], classes: int, width: int, heads: int = VIT_HEADS,
                  head_dim: int = VIT_HEAD_DIM, patch: int = KERNEL):
         super().__init__()
@@ -147,8 +169,10 @@ class ViT(nn.Module):
         return self.head(self.norm(t[:, 0]))
 
 
-REGISTRY: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "linear": LinearNet, "cnn": CNN, "lc_cnn": LCCNN,
-                                                 "vit": ViT}
+# Every model: an nn.Module whose constructor takes in_shape, classes and its `spec_args(spec)`, the arch's
+# other entries (in the arch's order: checkpoints store it as built), which read only its `spec_fields`.
+# tests/test_models.py checks these names against spec.MODELS and the fields against Spec's.
+REGISTRY: dict[str, type[nn.Module]] = {"mlp": MLP, "linear": LinearNet, "cnn": CNN, "lc_cnn": LCCNN, "vit": ViT}
 
 
 def toeplitz_width(channels: int, in_shape, kernel: int = KERNEL) -> int:
@@ -156,23 +180,16 @@ def toeplitz_width(channels: int, in_shape, kernel: int = KERNEL) -> int:
     return channels * (in_shape[0] // kernel) * (in_shape[1] // kernel)
 
 
+def dense_width(spec: Spec) -> int:
+    """The hidden width of mlp and linear: spec.width, or with `auto` the paper's, the Toeplitz width."""
+    return toeplitz_width(spec.channels, spec.data["shape"]) if spec.width == "auto" else spec.width
+
+
 def arch_from_spec(spec: Spec) -> dict:
     """The constructor arguments of the spec's model, and only those (they key the init stage)."""
     d = spec.data
-    arch = {"name": spec.model, "in_shape": list(d["shape"]), "classes": d["classes"]}
-    if spec.width != "auto":
-        width = spec.width
-    else:
-        width = VIT_PAPER_WIDTH if spec.model == "vit" else toeplitz_width(spec.channels, d["shape"])
-    if spec.model == "mlp":
-        arch.update(depth=spec.depth, width=width, negative_slope=spec.negative_slope)
-    elif spec.model == "linear":
-        arch.update(depth=spec.depth, width=width)
-    elif spec.model == "vit":
-        arch.update(width=width)
-    else:
-        arch.update(channels=spec.channels, negative_slope=spec.negative_slope)
-    return arch
+    return {"name": spec.model, "in_shape": list(d["shape"]), "classes": d["classes"],
+            **REGISTRY[spec.model].spec_args(spec)}
 
 
 def build(arch: dict) -> nn.Module:

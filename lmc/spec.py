@@ -29,7 +29,7 @@ DATASETS = {
     "cifar100": {"train": 50000, "test": 10000, "shape": (32, 32, 3), "classes": 100},
     "tinyimagenet": {"train": 100000, "test": 10000, "shape": (64, 64, 3), "classes": 200},
 }
-MODELS = ("mlp", "linear", "cnn", "lc_cnn", "vit")
+MODELS = ("mlp", "linear", "cnn", "lc_cnn", "vit")  # lmc/models.py REGISTRY's names (a test checks they agree)
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine")
 ALIGNMENTS = ("none", "weight_matching")
@@ -80,8 +80,9 @@ class Spec:
     precision: str = _field("fp32", "training arithmetic: fp32 (the paper's), tf32 (cuda: TF32 matmuls) or bf16 "
                             "(autocast, fp32 master weights); the path is always evaluated in fp32",
                             choices=PRECISIONS, legacy="fp32")
-    numerics: str = _field("portable", "CPU kernels: portable (the same bytes on every x86-64 CPU) or native (this "
-                           "machine's fastest; same bytes on one kind of CPU only); see lmc/numerics.py",
+    numerics: str = _field("portable", "CPU kernels: portable (pinned to give the same bytes on any x86-64 CPU; "
+                           "docs/reproducibility.md names those checked) or native (this machine's fastest; same "
+                           "bytes on one kind of CPU only); see lmc/numerics.py",
                            choices=NUMERICS, legacy="native")
     cpu_step: str = _field("per_model", "how the CPU trains the twins: per_model (plain matmuls model by model, a "
                            "fused optimizer: the faster) or stacked (one vmap'd pass: the earlier step, kept for comparison; "

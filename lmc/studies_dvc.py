@@ -55,7 +55,8 @@ def generate(raw: dict) -> str:
             "cmd": _cmd(f"stages.prepare --study-dataset {ds}", scale),
             "deps": [p["source"]] + code("lmc/data.py", "lmc/datasets.py", "lmc/studies.py", "stages/prepare.py"),
             "outs": [p["train"], p["test"]]}
-    train_code = ["lmc/data.py", "lmc/augment.py", "lmc/models.py", "lmc/resume.py", "lmc/train.py", "lmc/device.py"]
+    train_code = ["lmc/data.py", "lmc/augment.py", "lmc/models.py", "lmc/resume.py", "lmc/step.py", "lmc/train.py",
+                  "lmc/device.py"]
     for study in study_names(raw):
         outs = []
         trunk = []

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lmc import models
-from lmc.spec import Spec
+from lmc.spec import MODELS, Spec
 
 
 def test_init_is_a_pure_function_of_the_seed():
@@ -176,3 +176,28 @@ def test_vit_has_no_skip_connection():
         vit.proj.bias.zero_()
         out = vit(torch.randn(4, 1, 28, 28))
     torch.testing.assert_close(out, out[:1].expand_as(out))
+
+
+class Reading:
+    """A Spec that notes which of its fields are read."""
+
+    def __init__(self, spec: Spec):
+        self.spec, self.read = spec, set()
+
+    def __getattr__(self, name):
+        self.read.add(name)
+        return getattr(self.spec, name)
+
+
+def test_the_registry_is_the_specs_models_and_each_reads_only_the_fields_it_declares():
+    assert sorted(models.REGISTRY) == sorted(MODELS)
+    fields = {f.name for f in dataclasses.fields(Spec)}
+    for name, model in models.REGISTRY.items():
+        assert set(model.spec_fields) <= fields, name
+        read = set()
+        for width in (16, "auto"):  # `width: auto` reads what the paper's width depends on
+            spec = Reading(Spec(model=name, width=width, channels=4))
+            args = model.spec_args(spec)
+            read |= spec.read - {"data"}  # the dataset's shape: every model's arch has it
+            models.build({"name": name, "in_shape": [28, 28, 1], "classes": 10, **args})
+        assert read == set(model.spec_fields), name

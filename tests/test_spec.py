@@ -125,28 +125,31 @@ def test_every_stage_stops_on_bad_params_before_writing(tmp_path, stage):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
-def readme_params_table() -> dict[str, tuple[str, str]]:
-    """{key: (default, meaning)} from the rows of the README's table under "## Params"."""
-    section = (ROOT / "README.md").read_text().split("\n## Params", 1)[1].split("\n## ", 1)[0]
+PARAMS_PAGE = ROOT / "docs/pipeline.md"  # every key; the README's short table names the most used
+
+
+def docs_params_table() -> dict[str, tuple[str, str]]:
+    """{key: (default, meaning)} from the rows of docs/pipeline.md's table under "## Params"."""
+    section = PARAMS_PAGE.read_text().split("\n## Params", 1)[1].split("\n## ", 1)[0]
     rows = [line.strip("|").split(" | ") for line in section.splitlines() if line.startswith("| `")]
     table = {key.strip(" `"): (default.strip(" `"), meaning.strip()) for key, default, meaning in rows}
-    assert len(table) == len(rows), "a key appears twice in the README's params table"
+    assert len(table) == len(rows), "a key appears twice in the docs' params table"
     return table
 
 
-def test_readme_params_table_shows_params_yaml():
+def test_docs_params_table_shows_params_yaml():
     """The table's defaults are params.yaml's values (what `dvc repro` runs), its keys exactly params.yaml's, and
     its meanings the Spec's help strings; `describe(load_params())` prints the table to paste."""
-    table = readme_params_table()
+    table = docs_params_table()
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    assert set(table) == set(raw), "README's params table and params.yaml have different keys"
+    assert set(table) == set(raw), "docs/pipeline.md's params table and params.yaml have different keys"
     spec = load_params(ROOT / "params.yaml")
     helps = {f.name: f.metadata["help"] for f in dataclasses.fields(Spec)}
     for key, (default, meaning) in table.items():
-        assert default == str(getattr(spec, key)), f"README's params table: {key} is {default}, params.yaml {raw[key]}"
-        assert meaning == helps[key], f"README's params table: the meaning of {key} is not its help in lmc/spec.py"
-    assert describe(spec) in (ROOT / "README.md").read_text(), \
-        "README's params table is stale: paste lmc.spec.describe(lmc.spec.load_params())"
+        assert default == str(getattr(spec, key)), f"docs' params table: {key} is {default}, params.yaml {raw[key]}"
+        assert meaning == helps[key], f"docs' params table: the meaning of {key} is not its help in lmc/spec.py"
+    assert describe(spec) in PARAMS_PAGE.read_text(), \
+        "docs/pipeline.md's params table is stale: paste lmc.spec.describe(lmc.spec.load_params())"
 
 
 def test_precision_is_recorded_only_away_from_its_default():

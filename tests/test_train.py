@@ -10,8 +10,8 @@ from torch import nn
 from lmc import data, models
 from lmc.spec import Spec
 from lmc.models import CheckpointError
-from lmc.train import (clip_per_model, load_snapshot, lr_at, make_optimizer, save_snapshot, train_pairs,
-                       train_trunks, train_twins, twin_state)
+from lmc.step import clip_per_model, make_optimizer
+from lmc.train import load_snapshot, lr_at, save_snapshot, train_pairs, train_trunks, train_twins, twin_state
 
 from .conftest import Counter
 
@@ -76,7 +76,7 @@ def test_twins_start_identical_and_end_different(betons, tiny_spec):
 def test_training_is_bit_reproducible_across_reruns(betons, tiny_spec):
     """Same bytes at the same thread count. (The CPU step's per-model matmuls may sum in another order at
     another thread count: the portable mode pins it, tests/test_numerics.py shows any OMP_NUM_THREADS agrees.)"""
-    runs = [train(betons, tiny_spec, threads=2).state for _ in range(2)]
+    runs = [train(betons, tiny_spec).state for _ in range(2)]
     for name in runs[0]:
         assert torch.equal(runs[0][name], runs[1][name]), f"{name} differs between reruns"
 
