@@ -6,8 +6,9 @@ BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
 # What FFCV compiles against when pip builds it from source.
 APT_PACKAGES := pkg-config libopencv-dev libturbojpeg0-dev
-# What only the tests need: a real single-node SLURM (the dispatcher's tests) and a browser (`dvc plots show`).
-TEST_APT_PACKAGES := slurm-wlm munge chromium
+# What only the tests need: a real single-node SLURM (the dispatcher's tests), a browser (`dvc plots show`) and
+# QEMU's user-mode emulator (other CPU models: tests/test_fingerprint.py, make check-repro CPU=...).
+TEST_APT_PACKAGES := slurm-wlm munge chromium qemu-user
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUN := PATH="$(BIN):$$PATH"
 
@@ -38,8 +39,10 @@ repro: setup
 # of every output with the committed dvc.lock, explaining any difference (lmc/reproduce.py).
 # `make check-repro SCALE=cpu [SAMPLE=6] [SEED=n]`: the same for SAMPLE cells of a scale's studies, drawn by a
 # printed seed over models and optimizers, with their data and trunk stages; `CELLS=a,b` names the cells instead.
+# `CPU=<model>` runs each stage under QEMU's emulation of that CPU model (qemu-x86_64 -cpu help; hours);
+# `CPU=<model> QUICK=1` instead compares the fingerprint probe of every model with reports/fingerprints.json.
 check-repro: setup
-	$(RUN) python -m lmc.reproduce $(if $(SCALE),--project studies/$(SCALE) $(if $(CELLS),--stages $(CELLS),--sample $(or $(SAMPLE),6) $(if $(SEED),--seed $(SEED)))) $(ARGS)
+	$(RUN) $(if $(and $(CPU),$(QUICK)),python -m lmc.fingerprint --check --cpu $(CPU),python -m lmc.reproduce $(if $(SCALE),--project studies/$(SCALE) $(if $(CELLS),--stages $(CELLS),--sample $(or $(SAMPLE),6) $(if $(SEED),--seed $(SEED)))) $(if $(CPU),--cpu $(CPU)) $(ARGS))
 
 # `make test TEST_WORKERS=n`: the tests on n processes (pytest-xdist); tests that share a module-scoped fixture
 # stay on one worker (tests/conftest.py), the others go to whichever is free. 0: all in one process.

@@ -41,6 +41,7 @@ PORTABLE_ENV = {
     "DNNL_MAX_CPU_ISA": "SSE41",
 }
 NATIVE_DEFAULTS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}  # what results before the modes used
+EMULATED = "LMC_EMULATED_CPU"  # the CPU model QEMU emulates for this process (lmc/fingerprint.py, reproduce)
 RESTORE = "LMC_NUMERICS_RESTORE"  # the values the portable pin replaced, for a native process started below it
 
 _active: str | None = None
@@ -177,10 +178,18 @@ X86_64_LEVELS = (("x86-64-v2", {"cx16", "popcnt", "sse4_1", "sse4_2", "ssse3", "
                  ("x86-64-v4", {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}))
 
 
-def cpu_identity(cpuinfo: str | None = None) -> dict:
+def cpu_identity(cpuinfo: str | None = None, emulated: str | None = None) -> dict:
     """Which CPU this is: its name (`cpu`) and, since a name such as "AMD EPYC" covers Zen 3 and Zen 4 alike,
     its vendor, family, model and stepping (`cpu_id`) and its x86-64 level (`isa`), from /proc/cpuinfo's first
-    processor. Only the name, from the platform, where /proc/cpuinfo is missing (not Linux)."""
+    processor. Only the name, from the platform, where /proc/cpuinfo is missing (not Linux). Under QEMU's
+    user-mode emulation (`emulated`, default: LMC_EMULATED_CPU) /proc/cpuinfo names the host: the record names
+    the emulated model, and the host's family and model as where it ran ("" for the host itself)."""
+    if emulated is None:
+        emulated = os.environ.get(EMULATED)
+    if emulated:
+        host = cpu_identity(cpuinfo, emulated="")
+        return {"cpu": f"{emulated} (emulated by QEMU)", "cpu_id": f"QEMU -cpu {emulated}",
+                "emulated_on": host.get("cpu_id", host["cpu"])}
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
@@ -219,30 +228,3 @@ def _nvidia_driver() -> str | None:
             return f.readline().strip()
     except OSError:
         return None
-
-
-FINGERPRINT_MODELS = ("mlp", "linear", "cnn", "lc_cnn", "vit")
-
-
-def fingerprint(models: tuple[str, ...] = FINGERPRINT_MODELS) -> dict[str, str]:
-    """A short twin experiment per model on fixed synthetic images, through the real code (Θ0, training with
-    Adam and augmentation, the path, the report's metrics), in this process's mode: the sha256 of each result.
-    Any kernel that computes another bit on this machine changes it."""
-    import hashlib
-
-    import numpy as np
-
-    from . import api, data
-    from .spec import spec_from_dict
-    rng = np.random.default_rng(0)
-    split = [data.Split(rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, n))
-             for n in (256, 64)]
-    out = {}
-    for model in models:
-        spec = spec_from_dict({"model": model, "width": 32, "channels": 8, "epochs": 1, "batch_size": 64,
-                               "optimizer": "adam", "lr": 0.001, "augment": True, "pairs": 2,
-                               "numerics": active()})
-        result = api.experiment(spec, *split)
-        out[model] = hashlib.sha256(json.dumps(result).encode()).hexdigest()[:16]
-    return out
-

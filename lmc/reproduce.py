@@ -214,19 +214,35 @@ def scratch_clone(commit: str, where: Path | None = None) -> Path:
     return folder
 
 
-def rebuild(here: Path, project: Path, stages: dict[str, dict], targets: list[str]) -> list[str]:
+def rebuild(here: Path, project: Path, stages: dict[str, dict], targets: list[str], cpu: str | None = None
+            ) -> list[str]:
     """Delete in the clone `here` the outputs of `targets` and of every stage above them, then run those
-    stages from scratch with DVC (never from a run cache); the stages rebuilt, whatever DVC's exit status."""
+    stages from scratch with DVC (never from a run cache); the stages rebuilt, whatever DVC's exit status.
+    With `cpu`, each stage's `python` runs under QEMU's emulation of that CPU model, DVC itself natively."""
     rerun = upstream(stages, targets)
     for name in rerun:
         for out in stages[name]["outs"]:
             path = here / project / out
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     bin_dir = Path(sys.executable).parent
-    env = {**numerics.unpinned_environ(), "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    path = [str(bin_dir), os.environ.get("PATH", "")]
+    env = numerics.unpinned_environ()
+    if cpu:  # DVC's children escape an emulator that runs DVC: emulate each stage's python instead
+        path.insert(0, str(emulating_python(here / ".emulated", cpu)))
+        env[numerics.EMULATED] = cpu
     subprocess.run([str(bin_dir / "dvc"), "repro", "--force", "--no-run-cache", "--keep-going", *targets],
-                   cwd=here / project, env=env)
+                   cwd=here / project, env={**env, "PATH": os.pathsep.join(path)})
     return rerun
+
+
+def emulating_python(folder: Path, cpu: str) -> Path:
+    """`folder`, holding a `python` that runs this Python under QEMU's user-mode emulation of `cpu`."""
+    qemu = shutil.which("qemu-x86_64")
+    folder.mkdir(parents=True, exist_ok=True)
+    wrapper = folder / "python"
+    wrapper.write_text(f'#!/bin/sh\nexec {qemu} -cpu {cpu} {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    return folder
 
 
 SAMPLE_BUDGET_S = 480  # the default sample's cells, by their measured times: a CI job of 20 min with set-up
@@ -390,6 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=SAMPLE_BUDGET_S, help="the most seconds the drawn cells "
                         "may take by their measured times on the development CPU (default %(default)s)")
     parser.add_argument("--stages", help="rebuild these stages (comma-separated), with the stages above them")
+    parser.add_argument("--cpu", metavar="MODEL", help="run each stage under QEMU's emulation of this CPU model "
+                        "(qemu-x86_64 -cpu help; hours for the default experiment: python -m lmc.fingerprint "
+                        "--check --cpu MODEL is the quick form)")
     parser.add_argument("--workdir", type=Path, help="where to make the scratch clone (default: the temp folder)")
     parser.add_argument("--report", type=Path, metavar="FILE", help="also write the verdict and its report there")
     parser.add_argument("--keep", action="store_true", help="keep the scratch clone (kept anyway on a failure)")
@@ -400,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     problem = usage_problem(project, args.against)
     if not problem and args.sample is not None and args.sample < 1:
         problem = f"--sample {args.sample}: draw at least one cell"
+    if not problem and args.cpu and not shutil.which("qemu-x86_64"):
+        problem = "--cpu needs QEMU's user-mode emulator: apt-get install qemu-user"
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -427,9 +448,10 @@ def main(argv: list[str] | None = None) -> int:
     here = scratch_clone(head, args.workdir)
     print(f"{chosen_how}\nrebuilding them and the stages above them from scratch in {here}", flush=True)
     start = time.monotonic()
-    rebuilt = rebuild(here, project, locked, chosen)
+    rebuilt = rebuild(here, project, locked, chosen, args.cpu)
     ok, report = check(project, args.against, here, rebuilt)
-    report = (f"{chosen_how}\n{report}\n(the code of {head}; {len(rebuilt)} stages rebuilt in "
+    where = f" under QEMU's emulation of {args.cpu}" if args.cpu else ""
+    report = (f"{chosen_how}\n{report}\n(the code of {head}{where}; {len(rebuilt)} stages rebuilt in "
               f"{time.monotonic() - start:.0f} s)")
     print(report)
     if args.report:

@@ -1,5 +1,5 @@
 """Numerics modes (lmc/numerics.py) on one machine. What the fingerprint tests show, each against the bytes a
-fresh process computes (numerics.fingerprint):
+fresh process computes (lmc/fingerprint.py):
 
 - Controls: the same settings twice give the same bytes, so an `!=` below is a setting's doing, not noise.
 - Overrides: a user's ATEN_CPU_CAPABILITY or MKL_CBWR does not reach the portable mode's kernels (lmc pins them
@@ -38,8 +38,8 @@ OVERRIDDEN = [("ATEN_CPU_CAPABILITY", v) for v in ("avx2",) + (("avx512",) if AV
              [("MKL_CBWR", v) for v in ("AUTO", "AVX2")]
 # MKL's instruction-set cap, below this CPU's: an older CPU's MKL paths, on this one.
 MKL_CAPS = ["SSE4_2"] + (["AVX2"] if AVX512 else [])
-PROBE = ("import json, sys; from lmc import numerics; numerics.configure_torch(); "
-         "print(json.dumps(numerics.fingerprint(tuple(sys.argv[1:]) or numerics.FINGERPRINT_MODELS)))")
+PROBE = ("import json, sys; from lmc import fingerprint as f; "
+         "print(json.dumps(f.fingerprint(tuple(sys.argv[1:]) or f.MODELS)))")
 
 
 def fingerprint(mode: str, *models: str, **env) -> dict:
@@ -110,6 +110,15 @@ def test_the_record_tells_cpus_of_one_name_apart():
     assert set(numerics.cpu_identity("")) == {"cpu"}  # no /proc/cpuinfo: the platform's name alone
     if FLAGS:  # this machine's record has all three
         assert {"cpu", "cpu_id", "isa"} <= set(numerics.cpu_identity())
+
+
+def test_the_record_names_an_emulated_cpu_and_the_host_it_ran_on():
+    """Under QEMU's user-mode emulation /proc/cpuinfo names the host: the record takes the model from the check
+    that started the emulator."""
+    assert numerics.cpu_identity(ZEN3, emulated="Haswell-noTSX") == {
+        "cpu": "Haswell-noTSX (emulated by QEMU)", "cpu_id": "QEMU -cpu Haswell-noTSX",
+        "emulated_on": "AuthenticAMD family 25 model 1 stepping 1"}
+    assert numerics.cpu_identity(ZEN3, emulated="") == numerics.cpu_identity(ZEN3)
 
 
 def test_a_misspelt_mode_is_one_line_when_lmc_is_imported():
