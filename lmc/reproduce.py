@@ -116,7 +116,7 @@ def explain(old: dict | None, new: dict | None) -> str:
         return ("the committed results record no numeric environment (made before records existed); rerun them "
                 "once in the portable mode to get results that reproduce on any x86-64 CPU")
     if not new:
-        return "no numeric environment was recorded here: run the stages (dvc repro -f) before the check"
+        return "the rebuild recorded no numeric environment (its stage stopped before it computed: see the log)"
     if old.get("numerics") != new.get("numerics"):
         return f"the results were made in another numerics mode ({old.get('numerics')} → {new.get('numerics')})"
     if "cuda" in old or "cuda" in new:
@@ -209,7 +209,8 @@ def scratch_clone(commit: str, where: Path | None = None) -> Path:
     except what git tracks (which the check deletes before rebuilding)."""
     folder = Path(tempfile.mkdtemp(prefix="lmc-reproduce-", dir=where))
     git = lambda *args: subprocess.run(["git", *args], check=True, capture_output=True, text=True)  # noqa: E731
-    git("clone", "-q", "--shared", "--no-checkout", str(Path.cwd()), str(folder))
+    root = git("rev-parse", "--show-toplevel").stdout.strip()
+    git("clone", "-q", "--shared", "--no-checkout", root, str(folder))
     git("-C", str(folder), "checkout", "-q", "--detach", commit)
     return folder
 

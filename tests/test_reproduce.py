@@ -42,6 +42,7 @@ def test_each_cause_is_named():
     assert "another GPU model or driver" in reproduce.explain(h100, {**AMD, "cuda": {"gpu": "NVIDIA H200", "driver": "570"}})
     assert "this is a bug" in reproduce.explain(h100, h100)
     assert "made before records existed" in reproduce.explain(None, AMD)
+    assert "the rebuild recorded no numeric environment" in reproduce.explain(AMD, None)
     zen3, zen4 = ({**AMD, "cpu_id": f"AuthenticAMD family 25 model {m} stepping 1", "isa": isa}
                   for m, isa in ((1, "x86-64-v3"), (17, "x86-64-v4")))
     assert "cpu_id: AuthenticAMD family 25 model 1 stepping 1 → AuthenticAMD family 25 model 17 stepping 1; " \
