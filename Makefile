@@ -38,11 +38,12 @@ repro: setup
 # `make check-repro`: rebuild the default experiment from scratch in a scratch clone of HEAD and compare the bytes
 # of every output with the committed dvc.lock, explaining any difference (lmc/reproduce.py).
 # `make check-repro SCALE=cpu [SAMPLE=6] [SEED=n]`: the same for SAMPLE cells of a scale's studies, drawn by a
-# printed seed over models and optimizers, with their data and trunk stages; `CELLS=a,b` names the cells instead.
+# printed seed over models and optimizers, with their data and trunk stages; `CELLS=a,b` names the stages instead
+# (of the default experiment without SCALE).
 # `CPU=<model>` runs each stage under QEMU's emulation of that CPU model (qemu-x86_64 -cpu help; hours);
 # `CPU=<model> QUICK=1` instead compares the fingerprint probe of every model with reports/fingerprints.json.
 check-repro: setup
-	$(RUN) $(if $(and $(CPU),$(QUICK)),python -m lmc.fingerprint --check --cpu $(CPU),python -m lmc.reproduce $(if $(SCALE),--project studies/$(SCALE) $(if $(CELLS),--stages $(CELLS),--sample $(or $(SAMPLE),6) $(if $(SEED),--seed $(SEED)))) $(if $(CPU),--cpu $(CPU)) $(ARGS))
+	$(RUN) $(if $(and $(CPU),$(QUICK)),python -m lmc.fingerprint --check --cpu $(CPU),python -m lmc.reproduce $(if $(SCALE),--project studies/$(SCALE)) $(if $(CELLS),--stages $(CELLS),$(if $(SCALE),--sample $(or $(SAMPLE),6) $(if $(SEED),--seed $(SEED)))) $(if $(CPU),--cpu $(CPU)) $(ARGS))
 
 # `make test TEST_WORKERS=n`: the tests on n processes (pytest-xdist); tests that share a module-scoped fixture
 # stay on one worker (tests/conftest.py), the others go to whichever is free. 0: all in one process.

@@ -57,10 +57,13 @@ def emulated(cpu: str, models: tuple[str, ...] = MODELS, mode: str | None = None
     env = {**numerics.unpinned_environ(), numerics.ENV: mode or numerics.active(), numerics.EMULATED: cpu}
     proc = subprocess.run([qemu, "-cpu", cpu, sys.executable, "-m", "lmc.fingerprint", "--models", ",".join(models)],
                           capture_output=True, text=True, env=env, timeout=timeout)
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"the probe under qemu-x86_64 -cpu {cpu} failed: {last}")
-    return json.loads(proc.stdout)["fingerprints"]
+    try:
+        if proc.returncode == 0:
+            return json.loads(proc.stdout.splitlines()[-1])["fingerprints"]
+    except (ValueError, KeyError, IndexError):
+        pass
+    last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    raise RuntimeError(f"the probe under qemu-x86_64 -cpu {cpu} failed: {last}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,6 +78,17 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: --models: {unknown[0]} is no model; choose from {', '.join(MODELS)}", file=sys.stderr)
         return 2
+    reference = {}
+    if args.check:
+        try:
+            reference = json.loads(REFERENCE.read_text())
+        except (OSError, ValueError) as err:
+            print(f"error: --check: cannot read {REFERENCE} ({err}); restore it with git checkout", file=sys.stderr)
+            return 2
+        if numerics.active() != reference.get("numerics"):
+            print(f"error: {REFERENCE} holds {reference.get('numerics')} fingerprints; start with "
+                  f"{numerics.ENV}={reference.get('numerics')}", file=sys.stderr)
+            return 2
     try:
         prints = emulated(args.cpu, models) if args.cpu else fingerprint(models)
     except (RuntimeError, subprocess.SubprocessError) as err:
@@ -88,11 +102,6 @@ def main(argv: list[str] | None = None) -> int:
                                                 indent=1) + "\n")
     if not args.check:
         return 0
-    reference = json.loads(REFERENCE.read_text())
-    if numerics.active() != reference["numerics"]:
-        print(f"error: {REFERENCE} holds {reference['numerics']} fingerprints; start with "
-              f"{numerics.ENV}={reference['numerics']}", file=sys.stderr)
-        return 2
     moved = [m for m in models if prints[m] != reference["fingerprints"].get(m)]
     where = f"under {args.cpu}" if args.cpu else "here"
     if moved:

@@ -126,7 +126,7 @@ def require(mode: str) -> None:
     if mode == active():
         configure_torch()
         return
-    if not _reexec_allowed:
+    if not _reexec_allowed or os.environ.get(EMULATED):  # under QEMU an exec would leave the emulated CPU
         raise NumericsError(f"this Python process computes in numerics={active()} (pinned when lmc was first "
                             f"imported) but the spec asks for numerics={mode}; start Python with {ENV}={mode}")
     sys.stdout.flush()
@@ -182,8 +182,9 @@ def cpu_identity(cpuinfo: str | None = None, emulated: str | None = None) -> dic
     """Which CPU this is: its name (`cpu`) and, since a name such as "AMD EPYC" covers Zen 3 and Zen 4 alike,
     its vendor, family, model and stepping (`cpu_id`) and its x86-64 level (`isa`), from /proc/cpuinfo's first
     processor. Only the name, from the platform, where /proc/cpuinfo is missing (not Linux). Under QEMU's
-    user-mode emulation (`emulated`, default: LMC_EMULATED_CPU) /proc/cpuinfo names the host: the record names
-    the emulated model, and the host's family and model as where it ran ("" for the host itself)."""
+    user-mode emulation /proc/cpuinfo names the host: given the emulated model (`emulated`; None reads
+    LMC_EMULATED_CPU, "" asks for the host), the record names it, and the host's family and model as where it
+    ran; its x86-64 level is unknown there (QEMU's TCG has no AVX-512) and left out."""
     if emulated is None:
         emulated = os.environ.get(EMULATED)
     if emulated:

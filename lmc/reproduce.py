@@ -24,6 +24,7 @@ import json
 import os
 import random
 import secrets
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -35,6 +36,7 @@ from pathlib import Path
 import yaml
 
 from . import numerics, paths
+from .io import OutputError, write_text_atomic
 
 GUARANTEE = {
     "portable": "the portable mode gives the same bytes on every x86-64 CPU",
@@ -54,9 +56,19 @@ def committed(ref: str, path: Path) -> str | None:
 
 
 def committed_md5(ref: str, path: Path) -> str | None:
-    """The md5 of the file git holds at `ref:path`, None where git tracks none."""
-    proc = subprocess.run(["git", "show", f"{ref}:{path.as_posix()}"], capture_output=True)
-    return hashlib.md5(proc.stdout).hexdigest() if proc.returncode == 0 else None
+    """The md5 DVC would record for what git holds at `ref:path` (a file, or a folder as dvc_md5 hashes one),
+    None where git tracks nothing there."""
+    kind = subprocess.run(["git", "cat-file", "-t", f"{ref}:{path.as_posix()}"], capture_output=True, text=True)
+    if kind.returncode:
+        return None
+    show = lambda p: subprocess.run(["git", "show", f"{ref}:{p}"], capture_output=True).stdout  # noqa: E731
+    if kind.stdout.strip() != "tree":
+        return hashlib.md5(show(path.as_posix())).hexdigest()
+    files = subprocess.run(["git", "ls-tree", "-r", "--name-only", ref, "--", f"{path.as_posix()}/"],
+                           capture_output=True, text=True).stdout.splitlines()
+    listing = [{"md5": hashlib.md5(show(f)).hexdigest(), "relpath": Path(f).relative_to(path).as_posix()}
+               for f in files]
+    return _listing_md5(listing)
 
 
 def lock_stages(text: str | None) -> dict[str, dict]:
@@ -86,8 +98,13 @@ def dvc_md5(path: Path) -> str | None:
         return hashlib.md5(path.read_bytes()).hexdigest()
     if not path.is_dir():
         return None
-    listing = sorted(({"md5": dvc_md5(f), "relpath": f.relative_to(path).as_posix()}
-                      for f in path.rglob("*") if f.is_file()), key=lambda entry: entry["relpath"])
+    return _listing_md5([{"md5": dvc_md5(f), "relpath": f.relative_to(path).as_posix()}
+                         for f in path.rglob("*") if f.is_file()])
+
+
+def _listing_md5(listing: list[dict]) -> str:
+    """A folder's md5 as DVC computes it: of the JSON of its files' entries sorted by relative path."""
+    listing = sorted(listing, key=lambda entry: entry["relpath"])
     return hashlib.md5(json.dumps(listing, sort_keys=True).encode()).hexdigest() + ".dir"
 
 
@@ -145,7 +162,6 @@ def check(project: Path, ref: str, here: Path, checked: list[str]) -> tuple[bool
     old = lock_stages(committed(ref, lock_path))
     if not old:
         return False, f"{lock_path} at {ref} records no outputs: nothing to compare"
-    new = lock_stages(_read(here / lock_path))
     same, changed, unchecked, untrue = [], [], [], []
     for stage, st in old.items():
         for path, md5 in st["outs"].items():
@@ -188,18 +204,17 @@ def check(project: Path, ref: str, here: Path, checked: list[str]) -> tuple[bool
     lines.append("")
     lines.append("Numeric environment (committed → here):")
     for stage in sorted({stage for stage, _ in changed}):
-        if stage not in new:
-            lines.append(f"- {stage}: not recorded in {lock_path} here (it failed or was interrupted: see the "
-                         f"log above, in {here})")
-            continue
         record = _record_path(project, stage)
         before_env = _load(committed(ref, record)).get(stage)
         here_env = _load(_read(here / record)).get(stage)
         if before_env is None and here_env is None and (here / record).exists():
             lines.append(f"- {stage}: computes from the outputs of the stages above, no kernels of its own")
             continue
-        diffs = env_differences(before_env or {}, here_env or {}) if before_env and here_env else []
-        lines.append(f"- {stage}: {'; '.join(diffs) or ('no deciding difference' if before_env else 'no record')}")
+        if before_env and here_env:
+            detail = "; ".join(env_differences(before_env, here_env)) or "no deciding difference"
+        else:
+            detail = "no record from the rebuild" if before_env else "no committed record"
+        lines.append(f"- {stage}: {detail}")
         lines.append(f"  meaning: {explain(before_env, here_env)}")
     return False, "\n".join(lines)
 
@@ -225,6 +240,7 @@ def rebuild(here: Path, project: Path, stages: dict[str, dict], targets: list[st
         for out in stages[name]["outs"]:
             path = here / project / out
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    forget_records(here, project, rerun)
     bin_dir = Path(sys.executable).parent
     path = [str(bin_dir), os.environ.get("PATH", "")]
     env = numerics.unpinned_environ()
@@ -236,12 +252,24 @@ def rebuild(here: Path, project: Path, stages: dict[str, dict], targets: list[st
     return rerun
 
 
+def forget_records(here: Path, project: Path, names: list[str]) -> None:
+    """Remove the committed numeric records of the stages `names` from the clone `here` (git tracks them, DVC
+    does not), so that a stage that fails in the rebuild shows no record rather than the committed one."""
+    for name in names:
+        record = here / _record_path(project, name)
+        if record == here / paths.NUMERICS and record.exists():  # the default experiment's: one file, a key each
+            write_text_atomic(record, json.dumps({k: v for k, v in _load(record.read_text()).items() if k != name},
+                                                 indent=1) + "\n")
+        elif record != here / paths.NUMERICS:
+            record.unlink(missing_ok=True)
+
+
 def emulating_python(folder: Path, cpu: str) -> Path:
     """`folder`, holding a `python` that runs this Python under QEMU's user-mode emulation of `cpu`."""
     qemu = shutil.which("qemu-x86_64")
     folder.mkdir(parents=True, exist_ok=True)
     wrapper = folder / "python"
-    wrapper.write_text(f'#!/bin/sh\nexec {qemu} -cpu {cpu} {sys.executable} "$@"\n')
+    wrapper.write_text(f'#!/bin/sh\nexec {shlex.join([qemu, "-cpu", cpu, sys.executable])} "$@"\n')
     wrapper.chmod(0o755)
     return folder
 
@@ -356,8 +384,12 @@ def _load(text: str | None) -> dict:
 
 
 def usage_problem(project: Path, ref: str) -> str | None:
-    """What makes the command impossible, in one line (a ref git does not know, a project that is no pipeline,
-    a committed lock that is not YAML), before anything is compared; None when nothing does."""
+    """What makes the command impossible, in one line (not at the repository's top, a ref git does not know, a
+    project that is no pipeline, a committed lock that is not YAML), before anything is compared; None when
+    nothing does."""
+    top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True).stdout.strip()
+    if not top or Path(top).resolve() != Path.cwd().resolve():
+        return "run from the repository's top folder (where dvc.yaml and lmc/ are), as make check-repro does"
     if subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], capture_output=True).returncode:
         return f"--against {ref}: git knows no such commit here; name a commit, branch or tag (default HEAD)"
     if not (project / "dvc.yaml").exists():
@@ -422,11 +454,14 @@ def main(argv: list[str] | None = None) -> int:
         problem = f"--sample {args.sample}: draw at least one cell"
     if not problem and args.cpu and not shutil.which("qemu-x86_64"):
         problem = "--cpu needs QEMU's user-mode emulator: apt-get install qemu-user"
+    if not problem and args.workdir and not args.workdir.is_dir():
+        problem = f"--workdir {args.workdir}: no such folder"
+    if not problem and not (Path(sys.executable).parent / "dvc").exists():
+        problem = f"no dvc beside {sys.executable}: run make setup, or the check from the project's .venv"
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     if args.relock_report:
-        from .io import OutputError, write_text_atomic
         results = [paths.METRICS] + sorted(Path("studies").glob("*/out/*/*.json"))
         text = relock_report(args.against, results, f"Relock against {args.against}: how the barriers moved")
         try:
@@ -438,7 +473,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     locked = lock_stages(committed(args.against, project / "dvc.lock"))
     try:
+        if not locked:
+            raise ValueError(f"{project / 'dvc.lock'} at {args.against} records no stage: nothing to check")
         chosen, chosen_how = targets(args, locked)
+        if not chosen:  # dvc repro without targets would rebuild every stage of the folder
+            raise ValueError(f"no stage to rebuild ({chosen_how.splitlines()[0]}); raise --budget-s or name "
+                             f"--stages")
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -446,7 +486,12 @@ def main(argv: list[str] | None = None) -> int:
     if subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
                       text=True).stdout.strip():
         print(f"note: the check runs the code of HEAD ({head}); uncommitted changes here are not part of it")
-    here = scratch_clone(head, args.workdir)
+    try:
+        here = scratch_clone(head, args.workdir)
+    except subprocess.CalledProcessError as err:
+        print(f"error: cannot clone {head} into a scratch folder: {(err.stderr or '').strip() or err}",
+              file=sys.stderr)
+        return 2
     print(f"{chosen_how}\nrebuilding them and the stages above them from scratch in {here}", flush=True)
     start = time.monotonic()
     rebuilt = rebuild(here, project, locked, chosen, args.cpu)
@@ -456,7 +501,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{time.monotonic() - start:.0f} s)")
     print(report)
     if args.report:
-        args.report.write_text(report + "\n")
+        try:
+            write_text_atomic(args.report, report + "\n")
+        except OutputError as err:
+            print(f"error: {err}", file=sys.stderr)
     if ok and not args.keep:
         shutil.rmtree(here, ignore_errors=True)
     else:

@@ -31,7 +31,8 @@ from lmc.spec import Spec, SpecError, spec_from_dict
 
 FLAGS = set(open("/proc/cpuinfo").read().split()) if os.path.exists("/proc/cpuinfo") else set()
 AVX512 = "avx512f" in FLAGS
-# The portable mode's pins, set by hand in the native mode: the portable path, with nothing overriding a setting.
+# The portable mode's ATen and MKL pins, set by hand in the native mode (which leaves oneDNN on and every core):
+# the pinned kernels' settings, with nothing overriding what the environment says.
 UNPINNED = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"}
 # Values a user may set that the portable mode overrides (the MLP's bytes: ATen and MKL compute all of them).
 OVERRIDDEN = [("ATEN_CPU_CAPABILITY", v) for v in ("avx2",) + (("avx512",) if AVX512 else ())] + \

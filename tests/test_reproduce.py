@@ -1,6 +1,7 @@
 """The reproduction check's report (lmc/reproduce.py); its end-to-end run on the real pipeline is in
 tests/test_pipeline.py."""
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -90,7 +91,7 @@ def test_a_ref_git_does_not_know_a_folder_without_a_pipeline_or_a_broken_lock_is
                                                                                           capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
-    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {train: {cmd: x, outs: [{path: a, md5: '0'}]}}\n")
     commit_here("c")
     assert reproduce.usage_problem(Path("."), "HEAD") is None
     assert reproduce.main(["--against", "nosuchref"]) == 2
@@ -99,6 +100,15 @@ def test_a_ref_git_does_not_know_a_folder_without_a_pipeline_or_a_broken_lock_is
     assert "--project studies/cpuu: no dvc.yaml there" in capsys.readouterr().err and not Path("r.md").exists()
     assert reproduce.main(["--sample", "2"]) == 2  # the default experiment has no cells to draw
     assert "--sample draws cells of a scale of the studies" in capsys.readouterr().err
+    assert reproduce.main(["--stages", ","]) == 2  # with no target, dvc repro would rebuild every stage
+    assert "error: no stage to rebuild (the stages named: )" in capsys.readouterr().err
+    Path("sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    assert "run from the repository's top folder" in reproduce.usage_problem(Path("."), "HEAD")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")  # a lock of no stage: nothing to check
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "empty"], check=True)
+    assert reproduce.main([]) == 2 and "dvc.lock at HEAD records no stage" in capsys.readouterr().err
     (tmp_path / "dvc.lock").write_text("stages:\n  train:\n    outs: [\n")  # cut short mid-write, then committed
     subprocess.run(["git", "commit", "-qam", "cut", "--author", "t <t@t>"], check=True, capture_output=True,
                    env={**os.environ, "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
@@ -196,14 +206,38 @@ def test_the_committed_studies_are_drawn_from_every_cell_with_a_time(tmp_path):
     assert len(default) >= 5 and len({cells[c][:2] for c in default}) == len(default)
 
 
-def test_a_stage_missing_from_the_rebuilt_lock_is_named_as_failed_not_blamed_on_a_kernel(tmp_path, monkeypatch):
+def test_a_stage_that_fails_in_the_rebuild_is_named_as_such_not_blamed_on_a_kernel(tmp_path, monkeypatch):
+    """In a real scratch clone, whose committed records the rebuild removes first: a stage that wrote nothing
+    and recorded nothing is 'not rebuilt' with no record, never the committed record compared with itself."""
     monkeypatch.chdir(tmp_path)
-    outs = {"train": "data/twins", "report": "reports/metrics.json"}
-    lock = {"schema": "2.0", "stages": {s: {"cmd": s, "outs": [{"path": o, "md5": "0" * 32}]} for s, o in outs.items()}}
-    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
-    commit_here("c")
-    del lock["stages"]["report"]  # the rebuild failed at its last stage
-    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
-    ok, text = reproduce.check(Path("."), "HEAD", Path("."), ["train", "report"])
-    assert not ok and "- reports/metrics.json (stage report): not rebuilt here" in text
-    assert "- report: not recorded in dvc.lock here (it failed or was interrupted" in text and "unpinned" not in text
+    write_outputs({"data/twins.pt": "weights", "reports/metrics.json": "{}"})
+    paths.NUMERICS.write_text(json.dumps({"twins": AMD, "metrics": AMD}))
+    commit_here("results")
+    here = reproduce.scratch_clone("HEAD", tmp_path)
+    for out in ("data/twins.pt", "reports/metrics.json"):  # what rebuild deletes before DVC runs
+        (here / out).unlink()
+    reproduce.forget_records(here, Path("."), ["twins", "metrics"])
+    assert json.loads((here / paths.NUMERICS).read_text()) == {}
+    (here / "data/twins.pt").write_text("weights")  # the first stage rebuilt its output; the second failed
+    (here / paths.NUMERICS).write_text(json.dumps({"twins": AMD}))
+    ok, text = reproduce.check(Path("."), "HEAD", here, ["twins", "metrics"])
+    assert not ok and "- reports/metrics.json (stage metrics): not rebuilt here" in text
+    assert "- metrics: no record from the rebuild\n  meaning: the rebuild recorded no numeric environment" in text
+    assert "unpinned" not in text
+
+
+def test_a_committed_folder_output_hashes_as_its_lock_names_it(tmp_path, monkeypatch):
+    """A tracked folder output (DVCLive's reports/train) is hashed from git's blobs as DVC hashes a folder: the
+    same as its lock's md5 when untouched, another when a file in it was edited and committed."""
+    monkeypatch.chdir(tmp_path)
+    write_outputs({"reports/train/metrics.json": "{}", "reports/train/plots/loss.tsv": "1\n"})
+    lock = {"schema": "2.0", "stages": {"train": {"cmd": "x", "outs": [
+        {"path": "reports/train", "md5": reproduce.dvc_md5(Path("reports/train"))}]}}}
+    Path("dvc.lock").write_text(yaml.safe_dump(lock))
+    commit_here("results")
+    assert reproduce.committed_md5("HEAD", Path("reports/train")) == lock["stages"]["train"]["outs"][0]["md5"]
+    ok, text = reproduce.check(Path("."), "HEAD", Path("."), [])
+    assert "NOT what the lock records" not in text
+    Path("reports/train/plots/loss.tsv").write_text("2\n")
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "edit"], check=True)
+    assert "NOT what the lock records: 1 tracked output(s)" in reproduce.check(Path("."), "HEAD", Path("."), [])[1]
