@@ -94,12 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, subprocess.SubprocessError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    cpu = numerics.cpu_identity(emulated=args.cpu)
-    print(json.dumps({"numerics": numerics.active(), **cpu, "fingerprints": prints}))
+    record = {"numerics": numerics.active(), **numerics.cpu_identity(emulated=args.cpu), "fingerprints": prints}
+    print(json.dumps(record))
     if args.write:
         from .io import write_text_atomic
-        write_text_atomic(REFERENCE, json.dumps({"numerics": numerics.active(), **cpu, "fingerprints": prints},
-                                                indent=1) + "\n")
+        write_text_atomic(REFERENCE, json.dumps(record, indent=1) + "\n")
     if not args.check:
         return 0
     moved = [m for m in models if prints[m] != reference["fingerprints"].get(m)]

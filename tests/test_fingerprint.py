@@ -16,9 +16,9 @@ EMULATED = {"GenuineIntel": ("Haswell-noTSX", "Skylake-Client-noTSX-IBRS"), "Aut
 PROBED = ("mlp", "cnn")  # MKL's matmuls and the convolution: the paths that take vendor-specific kernels
 
 
-def probe(*args: str) -> subprocess.CompletedProcess:
+def probe(*args: str, mode: str = "portable") -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "lmc.fingerprint", *args], capture_output=True, text=True,
-                          env={**numerics.unpinned_environ(), numerics.ENV: "portable"})
+                          env={**numerics.unpinned_environ(), numerics.ENV: mode})
 
 
 def test_this_machine_computes_the_committed_fingerprints():
@@ -62,7 +62,6 @@ def test_emulated_cpus_of_both_vendors_compute_the_hosts_portable_bytes_and_othe
 
 
 def fingerprint_in(mode: str) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "lmc.fingerprint", "--models", ",".join(PROBED)],
-                          capture_output=True, text=True, env={**numerics.unpinned_environ(), numerics.ENV: mode})
+    proc = probe("--models", ",".join(PROBED), mode=mode)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout)["fingerprints"]
