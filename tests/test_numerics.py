@@ -27,6 +27,7 @@ import sys
 import pytest
 
 from lmc import numerics
+from lmc.fingerprint import MODELS
 from lmc.spec import Spec, SpecError, spec_from_dict
 
 FLAGS = set(open("/proc/cpuinfo").read().split()) if os.path.exists("/proc/cpuinfo") else set()
@@ -39,17 +40,16 @@ OVERRIDDEN = [("ATEN_CPU_CAPABILITY", v) for v in ("avx2",) + (("avx512",) if AV
              [("MKL_CBWR", v) for v in ("AUTO", "AVX2")]
 # MKL's instruction-set cap, below this CPU's: an older CPU's MKL paths, on this one.
 MKL_CAPS = ["SSE4_2"] + (["AVX2"] if AVX512 else [])
-PROBE = ("import json, sys; from lmc import fingerprint as f; "
-         "print(json.dumps(f.fingerprint(tuple(sys.argv[1:]) or f.MODELS)))")
 
 
 def fingerprint(mode: str, *models: str, **env) -> dict:
     """The fingerprint of a fresh Python process in `mode`, the user's environment plus `env` (of `models`, or
     of every model)."""
-    proc = subprocess.run([sys.executable, "-c", PROBE, *models], capture_output=True, text=True, timeout=600,
+    proc = subprocess.run([sys.executable, "-m", "lmc.fingerprint", "--models", ",".join(models or MODELS)],
+                          capture_output=True, text=True, timeout=600,
                           env={**numerics.unpinned_environ(), **env, numerics.ENV: mode})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return json.loads(proc.stdout.splitlines()[-1])
+    return json.loads(proc.stdout.splitlines()[-1])["fingerprints"]
 
 
 @pytest.fixture(scope="module")
