@@ -8,7 +8,6 @@ studies/<scale>/dvc.lock bytes.
 import argparse
 import hashlib
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -18,9 +17,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.header import header  # noqa: E402
 from lmc import studies  # noqa: E402
 from lmc.dispatch.plan import data_stages  # noqa: E402
-from tests.test_pipeline import commit, copy_repo, sh  # noqa: E402  (the tests' copy of the repository)
+from tests.fixtures import commit, copy_repo, sh  # noqa: E402
 
 
 def fresh_copy(where: Path, study: str, scale: str) -> Path:
@@ -58,8 +58,8 @@ def main() -> None:
             rows.append(f"| {name} | {seconds:.0f} s |")
             print(rows[-1], flush=True)
     same = len(set(locks.values())) == 1
-    text = (f"# `python benchmarks/dispatch.py --study {study} --scale {scale}` "
-            f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores; one run each)\n\n"
+    text = (f"# Dispatching one study to local workers\n\n"
+            f"{header(f'python benchmarks/dispatch.py --study {study} --scale {scale}')}; one run each\n\n"
             f"| how | wall time |\n|---|---|\n" + "\n".join(rows)
             + f"\n\n{lock} identical across the runs: {same} ({', '.join(sorted(set(locks.values())))})\n")
     (ROOT / "benchmarks/dispatch.txt").write_text(text)

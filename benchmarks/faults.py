@@ -10,7 +10,6 @@ fired (each one's record: where it struck), recovered, lost or corrupt; with the
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.header import header  # noqa: E402
 from lmc.dispatch.common import FAULT_LOG_ENV, FAULT_STEPS  # noqa: E402
 
 FAULTS = ("SIGKILL", "SIGTERM", "SIGINT", "SIGHUP", "ENOSPC")
@@ -47,24 +47,9 @@ OTHERS = (
 )
 
 
-MEASURED = ("lmc/dispatch", "tests/test_faults.py", "benchmarks/faults.py")  # tests/test_faults.py checks them
-
-
-def measured_commit() -> str:
-    """The commit measured, and whether the tree differed from it where it matters (then no commit was)."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                          check=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", *MEASURED], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split("\n")
-    changed = [line[3:] for line in dirty if line.strip()]
-    return f"at commit `{head}`" + (f" with uncommitted changes to {', '.join(changed)}" if changed else "")
-
-
-def cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
+# What reports/faults.md measures: its header names the commit, and tests/test_faults.py checks that none of these
+# changed since.
+MEASURED = ("lmc/dispatch", "tests/test_faults.py", "benchmarks/faults.py")
 
 
 def outcome(case) -> str:
@@ -99,7 +84,10 @@ def main() -> None:
     runs = [("matrix", ["tests/test_faults.py", "-k", selected])]
     if not args.no_others:
         runs.append(("others", [f"tests/test_dispatch.py::{test}" for _, test in OTHERS]))
-    start, cases, measured = time.monotonic(), [], measured_commit()
+    start, cases = time.monotonic(), []
+    command = (f"python benchmarks/faults.py --workers {args.workers} --steps {args.steps} --faults {args.faults}"
+               f"{' --no-others' if args.no_others else ''}")
+    top = header(command, MEASURED)  # the commit before the run: what was measured
     tally = ROOT / "benchmarks" / "faults-fired.jsonl"  # each matrix case adds the record of the fault that fired
     tally.unlink(missing_ok=True)
     for name, selection in runs:  # two runs: a -k selects among every test given
@@ -131,9 +119,7 @@ def main() -> None:
     lost_beside = sum(1 for result, _ in beside.values() if result.startswith("**"))
     skipped = sum(1 for result, _ in beside.values() if result == "skipped")
     lines = ["# Faults injected into the dispatcher", "",
-             f"`python benchmarks/faults.py --workers {args.workers} --steps {args.steps} --faults {args.faults}"
-             f"{' --no-others' if args.no_others else ''}` {measured}, on a {os.cpu_count()}-core {cpu()}, "
-             f"{time.strftime('%Y-%m-%d')}, {wall / 60:.0f} min.", "",
+             f"{top}, {wall / 60:.0f} min.", "",
              f"**{len(struck)} faults fired while a result was taken home (their records), "
              f"{len(struck) - lost} recovered, {lost} lost or corrupt"
              f"{f', {skipped_matrix} skipped (no tmpfs here)' if skipped_matrix else ''}"

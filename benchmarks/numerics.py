@@ -7,7 +7,6 @@ of this repository. Writes reports/numerics-cost.md.
 """
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -20,8 +19,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.header import header  # noqa: E402
 from lmc import numerics  # noqa: E402
-from tests.test_pipeline import copy_repo  # noqa: E402  (the tests' copy of the repository)
+from tests.fixtures import copy_repo  # noqa: E402
 
 STAGES = ("init", "train", "interpolate", "layerwise")
 
@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cells", nargs="*", default=["table2-sgd-hi", "fig2-cnn-hi", "fig2-vit-hi"])
     args = parser.parse_args()
+    top = header()  # the commit before the run: what is measured
     times = {}
     with tempfile.TemporaryDirectory() as tmp:
         repo = copy_repo(Path(tmp))
@@ -63,7 +64,6 @@ def main() -> None:
                     times.setdefault((cell, mode), []).append(
                         timed(repo / "studies", mode, sys.executable, "-m", "dvc", "repro", "-f", "-s", cell))
                 print(f"repeat {rep + 1}, {mode}: done", file=sys.stderr)
-    cpu = numerics.cpu_identity()["cpu"]
     rows = ["| stage | native (s) | portable (s) | portable / native |", "|---|---|---|---|"]
     for name in STAGES + tuple(args.cells):
         n, p = statistics.median(times[name, "native"]), statistics.median(times[name, "portable"])
@@ -71,8 +71,7 @@ def main() -> None:
     total_n = sum(statistics.median(times[s, "native"]) for s in STAGES)
     total_p = sum(statistics.median(times[s, "portable"]) for s in STAGES)
     rows.append(f"| default pipeline's computing stages | {total_n:.1f} | {total_p:.1f} | {total_p / total_n:.2f} |")
-    text = (f"# The portable numerics mode's cost\n\n`python benchmarks/numerics.py` on {cpu} ({os.cpu_count()} cores, "
-            f"{platform.python_version()}), {time.strftime('%Y-%m-%d')}: wall time of `dvc repro -f -s <stage>` "
+    text = (f"# The portable numerics mode's cost\n\n{top}: wall time of `dvc repro -f -s <stage>` "
             f"(start-up included), median of {args.repeats} runs per stage of the default experiment, one run per "
             f"study cell. native: every core (2 here), ATen at AVX2, MKL's own branch, oneDNN on; portable: "
             f"ATen's baseline kernels, MKL_CBWR=COMPATIBLE, oneDNN off, {numerics.PORTABLE_THREADS} threads.\n\n"

@@ -8,8 +8,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fixtures
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fixtures, benchmarks.header
 
+from benchmarks.header import header  # noqa: E402
 from lmc import data, datasets  # noqa: E402
 from tests.fixtures import WRITERS  # noqa: E402
 
@@ -26,6 +27,7 @@ def prepare(name: str, root: Path, out: Path) -> str:
 
 
 def main() -> None:
+    print(header())
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         print(prepare("mnist5k", tmp, tmp) + "   (bundled)")

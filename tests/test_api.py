@@ -6,8 +6,8 @@ import yaml
 
 from lmc import api, models, paths
 from lmc.spec import Spec
+from .fixtures import Counter, run_stage_stderr, shows_a_bar
 
-from .conftest import Counter, run_stage_stderr, shows_a_bar
 
 
 @pytest.fixture

@@ -78,7 +78,7 @@ def test_path_evaluation_equals_evaluating_every_interpolated_model(spec):
     """The first-layer shortcut (mix the endpoints' first-layer outputs) gives what whole models give."""
     import dataclasses
 
-    from .conftest import small_split
+    from .fixtures import small_split
 
     a, b = (models.init_model(dataclasses.replace(spec, init_seed=s)) for s in (0, 1))
     split = small_split(n=300)
@@ -117,7 +117,7 @@ def test_interpolation_stays_on_the_weights_device():
 
 
 def test_path_and_stack_evaluation_count_their_batches_and_give_the_same_bytes():
-    from .conftest import Counter, small_split
+    from .fixtures import Counter, small_split
 
     a, b = pair()
     split = small_split(n=300)
@@ -139,7 +139,7 @@ def test_a_path_in_passes_gives_the_one_pass_bytes_and_counts_them(spec, monkeyp
     """However few models a pass may hold (the memory budget), every α gets the same bytes."""
     import dataclasses
 
-    from .conftest import Counter, small_split
+    from .fixtures import Counter, small_split
 
     a, b = (models.init_model(dataclasses.replace(spec, init_seed=s)) for s in (0, 1))
     split = small_split(n=300)

@@ -19,8 +19,8 @@ import yaml
 from lmc import data, models, studies
 from lmc.spec import Spec
 from lmc.train import load_snapshot, pair_loaders, save_snapshot, train_pairs, train_trunks, train_twins
+from .fixtures import TINY, TINY_STUDIES, commit, copy_repo, ran, sh, write_studies
 
-from .test_pipeline import TINY, TINY_STUDIES, commit, copy_repo, ran, sh, write_studies
 
 DEVICE = os.environ.get("LMC_TEST_DEVICE", "cuda")
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(),

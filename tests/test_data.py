@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from lmc import data, seeds
+from .fixtures import Counter, run_stage_stderr, shows_a_bar, small_split
 
-from .conftest import Counter, run_stage_stderr, shows_a_bar, small_split
 
 
 def test_mnist5k_split_is_stratified_disjoint_and_shuffled(mnist5k):

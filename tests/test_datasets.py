@@ -8,8 +8,7 @@ import yaml
 
 from lmc import data, datasets
 
-from .conftest import run_stage
-from .fixtures import TINY_WNIDS, WRITERS
+from .fixtures import TINY_WNIDS, WRITERS, run_stage
 
 
 

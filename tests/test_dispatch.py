@@ -1,6 +1,7 @@
 """The dispatcher end to end: a tiny study sent to local workers, to a real single-node SLURM and through a
 DVC remote, each checked byte for byte against a plain sequential `dvc repro` of the same study."""
 import copy
+import inspect
 import io
 import json
 import os
@@ -12,56 +13,22 @@ import sys
 import tarfile
 import threading
 import time
+import types
 from pathlib import Path
 
 import pytest
 import yaml
 
-from lmc.dispatch import common, local, plan, slurm
+from lmc.dispatch import archive, common, executors, home, local, plan, slurm
 from lmc.resume import read_progress
 
 from .bare import bare_python  # noqa: F401  (a fixture)
+from .fixtures import (STUDIES, as_from_a_terminal, commit, copy_repo, dispatch_cmd, report_runs_no_cell, results,
+                       sh, study_repo)
 from .slurm import slurm_cluster  # noqa: F401  (a fixture)
-from .test_pipeline import TINY_STUDIES, as_from_a_terminal, commit, copy_repo, ran, sh, write_studies
 
 pytestmark = pytest.mark.e2e
 
-# Four cells, one of them a spawn cell reading a trunk (a cached output that must travel too).
-STUDIES = copy.deepcopy(TINY_STUDIES)
-STUDIES["studies"] = {
-    "tiny": {"title": "tiny", "finding": "none", "base": {"model": "mlp", "dataset": "mnist"},
-             "axes": {"lr": {"hi": {"lr": 0.1}, "med": {"lr": 0.01}}, "opt": {"sgd": {}, "adam": {"optimizer": "adam"}}},
-             "figure": {"x": "lr", "y": "barrier"}},
-    "tinyspawn": {"title": "t", "finding": "none", "shared_trunk": True,
-                  "base": {"model": "mlp", "dataset": "mnist", "pairs": 2, "epochs": 2},
-                  "axes": {"k": {"k0": {"spawn_step": 0}, "k3": {"spawn_step": 3}}},
-                  "figure": {"x": "spawn_step", "y": "barrier"}},
-}
-CELLS = {"tiny-hi-sgd", "tiny-hi-adam", "tiny-med-sgd", "tiny-med-adam"}
-
-
-def study_repo(path: Path, config: dict = STUDIES) -> Path:
-    repo = copy_repo(path, {"download": False})
-    (repo / "studies/cpu/dvc.lock").unlink()
-    sh(repo, "rm", "-r", "studies/cpu/out")
-    write_studies(repo, config)
-    commit(repo, "tiny studies")
-    return repo
-
-
-def results(repo: Path) -> dict[str, bytes]:
-    """The bytes a study run leaves: the cpu scale's lock and every cell's and report's output."""
-    files = [repo / "studies/cpu/dvc.lock", *sorted((repo / "studies/cpu/out").rglob("*.json")),
-             *sorted((repo / "reports/cpu").glob("tiny*"))]
-    return {str(f.relative_to(repo)): f.read_bytes() for f in files}
-
-
-def report_runs_no_cell(repo: Path, names=("tiny", "tinyspawn")) -> None:
-    """After a dispatch the home `dvc repro` of the reports trains nothing: only the reports (and the
-    always-changed source stage) run."""
-    reports = [f"report-{n}" for n in names]
-    out = sh(repo / "studies/cpu", "dvc", "repro", *reports).stdout
-    assert set(ran(out)) <= {"source-mnist", *reports}, ran(out)
 
 
 def of_tiny(files: dict[str, bytes]) -> dict:
@@ -76,16 +43,6 @@ def sequential(tmp_path_factory):
     repo = study_repo(tmp_path_factory.mktemp("sequential"))
     sh(repo / "studies/cpu", "dvc", "repro", "report-tiny", "report-tinyspawn")
     return results(repo)
-
-
-def dispatch_cmd(repo, *args, check=True, env=None):
-    proc = subprocess.run([sys.executable, "-m", "lmc.dispatch", *args], cwd=repo, capture_output=True, text=True,
-                          preexec_fn=as_from_a_terminal,
-                          env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-                               **(env or {})})
-    if check and proc.returncode:
-        raise AssertionError(f"dispatch {args} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 def dispatch_bg(repo, *args, env=None):
@@ -339,6 +296,62 @@ def test_slurm_options_sbatch_would_refuse_or_that_requeue_at_once_are_one_line(
     with pytest.raises(common.DispatchError, match=re.escape(words)):
         common.check_options(*options)
     common.check_options(0, 2, "1:31", 0, 90)  # 2 minutes as sbatch rounds it: the delay is under the limit
+
+
+def test_every_executor_meets_the_contract_home_drives_it_by(tmp_path):
+    """common.Executor is the whole of what home may call: each registered executor has each of its methods with
+    the same parameters, its `kind` is the name it is registered under, and it has a `remote`."""
+    methods = {name: inspect.signature(getattr(common.Executor, name)) for name, value in vars(common.Executor).items()
+               if not name.startswith("_") and callable(getattr(common.Executor, name))}
+    assert {"submit", "ids", "poll", "cancel", "adopt", "retire", "left", "stop"} <= set(methods)
+    built = {"local": local.LocalExecutor(1, tmp_path), "archive": archive.ArchiveExecutor(tmp_path / "a", "cpu")}
+    for kind in executors.EXECUTORS:
+        cls = executors.executor_class(kind)
+        assert cls.kind == kind
+        for name, signature in methods.items():
+            assert inspect.signature(getattr(cls, name)).parameters.keys() == signature.parameters.keys(), (kind, name)
+        assert hasattr(built.get(kind, cls), "remote"), kind
+
+
+class Elsewhere:
+    """An executor home has never heard of, registered as a new module's would be: home learns what became of
+    its tasks, and stops them, only through the contract."""
+    kind = "elsewhere"
+    stopped: list[str] = []
+
+    @classmethod
+    def left(cls, scale, records):
+        return {stage: record["where"] for stage, record in records.items()}
+
+    @classmethod
+    def stop(cls, record):
+        cls.stopped.append(record["where"])
+
+    def adopt(self, task, record):
+        return record["where"] == common.RUNS
+
+
+def test_home_tells_what_became_of_a_task_and_stops_it_through_the_executors_contract(monkeypatch):
+    monkeypatch.setitem(executors.EXECUTORS, "elsewhere", f"{__name__}:Elsewhere")
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a dispatcher's pid that no longer lives
+    def record(where, dispatcher=gone.pid, executor="elsewhere"):
+        return {"state": "running", "executor": executor, "dispatcher": dispatcher, "where": where}
+    records = {"runs": record(common.RUNS), "unsent": record(common.UNSENT), "ended": record(common.ENDED),
+               "unknown": record(common.UNKNOWN), "owned": record(common.ENDED, dispatcher=os.getpid()),
+               "unheard-of": record(common.RUNS, executor="carrier-pigeon"),
+               "done": {**record(common.RUNS), "state": "failed"}}
+    assert home.standings("cpu", records) == {
+        "runs": "unowned", "unsent": "pending", "ended": "failed", "unknown": "failed",
+        "owned": "running",  # its dispatcher lives: it takes the task home, or records its failure
+        "unheard-of": "failed"}
+    task = common.Task("tiny-hi-sgd", "cpu", "0" * 40, "git", "remote", {}, "scratch")
+    Elsewhere.stopped.clear()
+    assert home.adopt(Elsewhere(), task, records["runs"])  # its own kind, and still running: adopted
+    assert not home.adopt(Elsewhere(), task, records["ended"]) and Elsewhere.stopped == [common.ENDED]
+    local_executor = types.SimpleNamespace(kind="local", adopt=lambda task, record: True)
+    assert not home.adopt(local_executor, task, records["runs"])  # another kind's task is stopped by that kind
+    assert Elsewhere.stopped == [common.ENDED, common.RUNS]
 
 
 def test_damaged_records_and_a_worker_call_without_its_files_are_one_line(tmp_path, monkeypatch):

@@ -247,7 +247,7 @@ def test_the_quick_start_runs_in_a_fresh_copy(tmp_path):
     import io
     import os
 
-    from .test_pipeline import copy_repo
+    from .fixtures import copy_repo
 
     repo = copy_repo(tmp_path / "repo")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}

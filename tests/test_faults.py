@@ -22,12 +22,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from benchmarks.faults import FAULTS, MEASURED
 from lmc.dispatch.common import FAULT_ENV, FAULT_LOG_ENV, FAULT_STEPS, FILLER
 
-from .test_dispatch import CELLS, STUDIES, dispatch_cmd, report_runs_no_cell, results, study_repo
-from .test_pipeline import ROOT, commit, sh, write_studies
+from .fixtures import (CELLS, ROOT, STUDIES, commit, dispatch_cmd, report_runs_no_cell, results, sh, study_repo,
+                       write_studies)
 
-FAULTS = ("SIGKILL", "SIGTERM", "SIGINT", "SIGHUP", "ENOSPC")
 # The worst cases: killed outright with the lock cut in half, a polite kill while a trunk is pulled home, and a
 # disk that is full when DVC writes the lock (in place).
 CASES = (list(itertools.product(FAULT_STEPS, FAULTS)) if os.environ.get("LMC_FAULTS") == "all"
@@ -36,8 +36,6 @@ LOCK = "studies/cpu/dvc.lock"
 SENT = {"trunk-tinyspawn", "tinyspawn-k0", "tinyspawn-k3", *CELLS}  # the stages workers run
 OLDER = copy.deepcopy(STUDIES)
 OLDER["scales"]["cpu"]["defaults"]["width"] = 8  # a scale setting: every trunk and cell reads it
-# What reports/faults.md measures: its header names the commit they are taken from.
-MEASURED = ("lmc/dispatch", "tests/test_faults.py", "benchmarks/faults.py")
 
 
 def outputs(repo: Path) -> dict[str, bytes]:

@@ -8,8 +8,8 @@ import time
 
 import pytest
 import yaml
+from .fixtures import BIN, as_from_a_terminal, copy_repo, sh
 
-from .test_pipeline import BIN, as_from_a_terminal, copy_repo, sh
 
 pytestmark = pytest.mark.e2e
 PARAMS = {"epochs": 40, "width": 128, "pairs": 2}  # long enough to be stopped in the middle of training

@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 
 from lmc.io import OutputError, atomic_dir, atomic_path, write_text_atomic
+from .fixtures import run_stage
 
-from .conftest import run_stage
 
 
 

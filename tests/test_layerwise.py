@@ -53,7 +53,7 @@ def test_batched_layer_paths_equal_each_path_alone(betons):
 
 
 def test_layer_paths_in_passes_count_layerwise_batches_and_give_the_same_curves(betons, monkeypatch):
-    from .conftest import Counter
+    from .fixtures import Counter
 
     split = data.read_split(betons["test"])
     images, labels = torch.from_numpy(split.images), torch.from_numpy(split.labels)

@@ -4,8 +4,6 @@ import csv
 import json
 import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,58 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lmc import browser, data, report, studies
+from lmc import browser, data, report
+from .fixtures import BIN, TINY, TINY_STUDIES, WRITERS, commit, copy_repo, ran, sh, write_studies
 
-from .fixtures import WRITERS
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-TINY = {"width": 16, "epochs": 2, "batch_size": 500}
 PLOTS = {"training_loss", "training_accuracy", "error_vs_alpha", "loss_vs_alpha"}  # dvc.yaml's `plots:`
 
 pytestmark = pytest.mark.e2e
-
-
-def sh(cwd, *cmd, check=True):
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
-    if check and proc.returncode:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def as_from_a_terminal() -> None:
-    """`preexec_fn` for a command the test interrupts as a user would: SIGINT and SIGHUP act as they do on a
-    terminal, even where the tests themselves run with them ignored (started with `nohup` or `&`)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
-
-
-def copy_repo(dest: Path, params: dict | None = None) -> Path:
-    """The working tree's tracked and unignored files, as a fresh git repo with one commit."""
-    files = sh(ROOT, "git", "ls-files", "-co", "--exclude-standard", "-z").stdout.split("\0")
-    for f in filter(None, files):
-        if (ROOT / f).is_file():
-            (dest / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, dest / f)
-    if params:
-        raw = yaml.safe_load((dest / "params.yaml").read_text())
-        (dest / "params.yaml").write_text(yaml.safe_dump({**raw, **params}, sort_keys=False))
-    sh(dest, "git", "init", "-q")
-    # `dvc exp run` commits too: give the copy an identity of its own, whatever the user's config.
-    sh(dest, "git", "config", "user.name", "lmc tests")
-    sh(dest, "git", "config", "user.email", "tests@lmc.local")
-    commit(dest, "copy")
-    return dest
-
-
-def commit(repo: Path, message: str) -> None:
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-qm", message)
-
-
-def ran(output: str) -> list[str]:
-    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
 @pytest.fixture(scope="module")
@@ -259,30 +212,6 @@ def test_committed_lock_reproduces_here_and_a_difference_is_explained(tmp_path):
     kept = list(scratch.iterdir())
     assert len(kept) == 1 and f"the scratch clone is kept: {kept[0]}" in check.stdout
     assert json.loads((kept[0] / "reports/numerics.json").read_text())["train"]["numerics"] == "native"
-
-
-TINY_STUDIES = {
-    "scales": {"cpu": {"datasets": {"mnist": "mnist5k"}, "defaults": {"epochs": 1, "batch_size": 500, "width": 16}},
-               "paper": {"datasets": {"mnist": "mnist5k"}, "defaults": {"epochs": 2, "batch_size": 500, "width": 8}}},
-    "studies": {
-        "tiny": {"title": "tiny", "finding": "none", "base": {"model": "mlp", "dataset": "mnist"},
-                 "axes": {"lr": {"hi": {"lr": 0.1}, "med": {"lr": 0.01}}}, "figure": {"x": "lr", "y": "barrier"},
-                 "paper": {"hi": [0.05, 0.0]}},
-        "absent": {"title": "absent", "finding": "none", "base": {"dataset": "cifar10"},
-                   "axes": {"lr": {"hi": {"lr": 0.1}}}, "figure": {"x": "lr", "y": "barrier"}},
-    },
-}
-
-
-def write_studies(repo: Path, config: dict) -> None:
-    """`config` in place of the real studies.yaml, and its pipelines generated (studies/<scale>/dvc.yaml). The
-    pipeline of a scale that `config` does not define is removed: generated from the real studies, DVC would
-    still collect it."""
-    (repo / "studies/studies.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    for scale in studies.SCALES:
-        if scale not in config["scales"]:
-            shutil.rmtree(repo / studies.scale_dir(scale), ignore_errors=True)
-    sh(repo, sys.executable, "-m", "lmc.studies_dvc")
 
 
 def test_study_cells_are_cached_one_by_one_and_absent_data_is_one_line(tmp_path):

@@ -5,8 +5,8 @@ import pytest
 import yaml
 
 from lmc.spec import Spec, SpecError, describe, load_params, read_yaml, spec_from_dict
+from .fixtures import run_stage
 
-from .conftest import run_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -332,7 +332,7 @@ def test_trunk_and_cell_stages_show_a_bar_on_a_terminal_and_nothing_else_off_one
     import subprocess
     import sys
 
-    from .conftest import run_stage_stderr, shows_a_bar
+    from .fixtures import run_stage_stderr, shows_a_bar
     config = {"scales": {"cpu": {"datasets": {"mnist": "mnist5k"}, "defaults": {"batch_size": 500, "width": 16}},
                          "paper": {"datasets": {}, "defaults": {}}},
               "studies": {"tinyspawn": {

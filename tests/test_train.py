@@ -12,8 +12,8 @@ from lmc.spec import Spec
 from lmc.models import CheckpointError
 from lmc.step import clip_per_model, make_optimizer
 from lmc.train import load_snapshot, lr_at, save_snapshot, train_pairs, train_trunks, train_twins, twin_state
+from .fixtures import Counter
 
-from .conftest import Counter
 
 
 def twin_loaders(betons, spec):

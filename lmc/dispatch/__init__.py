@@ -26,14 +26,14 @@ The modules:
 - worker.py: one task in its own clone (run_task), wherever it runs;
 - common.py: the Task, paths of a scale's pipeline, dvc and git;
 - cli.py: the command line (`python -m lmc.dispatch`);
+- executors.py: the executors by name;
 - one module per executor: local.py, slurm.py, archive.py.
 
-An executor is a class with four methods, driven by home.dispatch: `submit(tasks)` takes Tasks and returns
-(stage, record fields) for each; `ids()` gives fields learnt later (a pid, a job id, a log); `poll()` returns
-the finished tasks as (stage, log path, run_task's result, or None for a failure); `cancel()` stops all it
-runs. An optional `remote` attribute names the DVC remote its workers trade data through; `poll` may raise
-common.Detached when what is left cannot be waited for (the archive executor), and an optional
-`retire(settled)` hears which stages this dispatch settled. A fourth executor
-(Ray, Kubernetes) is a new module beside these, one line in cli.py's EXECUTORS and its construction there;
-its workers call worker.run_task.
+An executor meets common.Executor, a typing.Protocol, and home reaches it only through that contract:
+`submit(tasks)`, `ids()` (a pid, a job id, a log, learnt later), `poll()` (the finished tasks; it may raise
+common.Detached when what is left cannot be waited for, as the archive executor's does), `cancel()`,
+`adopt(task, record)`, `retire(settled)`, and, without an instance, `left(scale, records)` (for --status: does
+a recorded task still run?) and `stop(record)` (end what a dispatcher that is gone left). A fourth executor (Ray,
+Kubernetes) is a new module beside these, one entry in executors.py and its construction in cli.py; its
+workers call worker.run_task.
 """

@@ -32,7 +32,7 @@ import traceback
 from pathlib import Path
 
 from ..io import write_text_atomic
-from .common import INPUTS, Detached, DispatchError, Task, error_line, git
+from .common import INPUTS, UNKNOWN, Detached, DispatchError, Task, error_line, git
 from .worker import run_task
 
 TASKS, RESULTS = "tasks.json", "results.json"
@@ -41,6 +41,7 @@ TASKS, RESULTS = "tasks.json", "results.json"
 class ArchiveExecutor:
     """Writes the tasks it is given into `folder`/tasks-<id>.tar.gz and takes results from `folder`/inbox/.
     Its DVC remote is `folder`/remote: home pushes the prepared data there, the results' objects land there."""
+    kind = "archive"
 
     def __init__(self, folder: Path, scale: str):
         self.folder, self.scale = folder, scale
@@ -91,7 +92,7 @@ class ArchiveExecutor:
 
     def poll(self) -> list[tuple[str, Path, dict | None]]:
         if not self.ready and self.archived:
-            raise Detached(f"{len(self.archived)} task(s) wait in an archive")
+            raise Detached(f"{len(self.archived)} task(s) wait in an archive", [t.stage for t in self.archived])
         done, self.ready = self.ready, []
         finished = []
         for stage in done:
@@ -103,6 +104,17 @@ class ArchiveExecutor:
 
     def cancel(self) -> None:
         self.ready.clear()
+
+    def adopt(self, task: Task, record: dict) -> bool:
+        return False  # an archive's task comes back through the inbox, never from a dispatcher that is gone
+
+    @classmethod
+    def left(cls, scale: str, records: dict[str, dict]) -> dict[str, str]:
+        return dict.fromkeys(records, UNKNOWN)  # out on another machine: nothing here can tell
+
+    @classmethod
+    def stop(cls, record: dict) -> None:
+        pass  # nothing runs here: what is out in an archive is not taken home unless it is sent again
 
     def retire(self, settled: set[str]) -> None:
         """Move to inbox/taken/ each inbox archive whose every result is `settled` (taken home, or failed and to

@@ -9,7 +9,8 @@ import sys
 from .. import studies
 from ..stage import entry
 from .archive import ArchiveExecutor, run_archive
-from .common import EXECUTORS, Detached, DispatchError, check_options, claim, holder, state_dir
+from .common import Detached, DispatchError, check_options, claim, holder, state_dir
+from .executors import EXECUTORS
 from .home import dispatch, dry_run, recover, status
 from .local import LocalExecutor, gpu_ids
 from .worker import worker_main
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("studies", nargs="+", help="studies of studies/studies.yaml")
     parser.add_argument("--scale", default="cpu", choices=studies.SCALES,
                         help="the scale whose pipeline to run (studies/<scale>); default cpu")
-    parser.add_argument("--executor", choices=EXECUTORS, default="local")
+    parser.add_argument("--executor", choices=list(EXECUTORS), default="local")
     parser.add_argument("--jobs", type=int, default=max(1, len(gpu_ids()) or 1),
                         help="tasks running at once (local: worker processes; slurm: the array's parallelism)")
     parser.add_argument("--partition", help="SLURM partition")
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.studies:
         studies.missing_cpu_results(raw, name)
     if args.executor == "slurm":
-        from .slurm import SlurmExecutor
+        from .slurm import SlurmExecutor  # submitit: not on a bare machine, which runs archives only
 
         executor = SlurmExecutor(args.jobs, state_dir(args.scale), args.partition, args.gpus_per_task,
                                  args.cpus_per_task, args.time, args.requeues, args.signal_delay)

@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Protocol
 
 import yaml
 
@@ -22,7 +23,6 @@ from ..io import write_text_atomic
 from ..spec import SpecError, env_seconds
 
 
-EXECUTORS = ("local", "slurm", "archive")
 # What a dispatch relies on being the same in the workers' clone as at home: the commit they check out.
 INPUTS = ("lmc", "stages", "studies/studies.yaml", "studies/*/dvc.yaml", "studies/*/notes", "params.yaml",
           "pyproject.toml", "requirements.txt")
@@ -164,11 +164,59 @@ ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 class Detached(Exception):
     """Every task left is out where this dispatch cannot wait for it (an archive that has not come back): the
-    dispatch stops here, nothing is lost; the next one takes up what came back."""
+    dispatch stops here, nothing is lost; the next one takes up what came back. `stages`: the tasks out there."""
+
+    def __init__(self, message: str, stages: list[str]):
+        super().__init__(message)
+        self.stages = stages
 
 
 class DispatchError(SpecError):
     """A dispatch that cannot start or whose result cannot be taken home (one line, like a bad param)."""
+
+
+# What Executor.left says of a task recorded as running by a dispatcher of its kind.
+RUNS, ENDED, UNSENT, UNKNOWN = "runs", "ended", "unsent", "unknown"
+
+
+class Executor(Protocol):
+    """The contract between home (home.py) and whatever runs the tasks: the one way home starts, watches, adopts
+    and stops them. A new executor is a module beside local.py, slurm.py and archive.py with a class that meets
+    it, and one entry in executors.py; its workers call worker.run_task."""
+
+    kind: ClassVar[str]  # its name in --executor and in the records ("executor": kind)
+    remote: str | None  # the DVC remote its workers trade data through; None: the home studies cache
+
+    def submit(self, tasks: list[Task]) -> list[tuple[str, dict]]:
+        """Start (or queue) `tasks`; for each, (stage, the fields home records: executor, dispatcher, log...)."""
+
+    def ids(self) -> dict[str, dict]:
+        """Record fields learnt after submit (a pid and its start time, a job id, a log), by stage."""
+
+    def poll(self) -> list[tuple[str, Path, dict | None]]:
+        """The tasks that finished since the last poll: (stage, log, run_task's result or None for a failure).
+        May raise Detached when what is left cannot be waited for."""
+
+    def cancel(self) -> None:
+        """Stop every task this executor runs or queues; none may run on after it returns."""
+
+    def adopt(self, task: Task, record: dict) -> bool:
+        """Take over the task a dispatcher that is gone recorded (`record`), if it ran this very `task` and still
+        runs or left its result: it is then watched and cancelled like this executor's own."""
+
+    def retire(self, settled: set[str]) -> None:
+        """Hear which stages this dispatch settled (taken home, or failed and to be sent again)."""
+
+    @classmethod
+    def left(cls, scale: str, records: dict[str, dict]) -> dict[str, str]:
+        """For each task recorded as running by a dispatcher of this kind, whether it still runs or left its
+        result (RUNS), ended without one (ENDED), never started (UNSENT), or cannot be told from here (UNKNOWN).
+        No executor instance is needed: --status asks it of the records alone."""
+
+    @classmethod
+    def stop(cls, record: dict) -> None:
+        """End the task `record` names, if it still runs (a dispatcher that is gone left it, and it is not
+        adopted): it is sent again, and its cell takes up its saved progress."""
 
 
 def dvc(*args: str, cwd: Path = studies.ROOT, check: bool = True) -> subprocess.CompletedProcess:

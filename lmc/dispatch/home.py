@@ -6,7 +6,6 @@ import base64
 import contextlib
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,9 +15,9 @@ import yaml
 from .. import cost, studies, studies_dvc
 from ..io import write_bytes_atomic, write_text_atomic
 from ..resume import cell_file, read_progress
-from .common import (IN_FLIGHT, Detached, DispatchError, Task, add_lock_entries, dvc, fault, md5, resume_dir,
-                     squeue, state_dir)
-from .local import local_result, stop_worker, worker_alive
+from .common import (IN_FLIGHT, RUNS, UNKNOWN, UNSENT, Detached, DispatchError, Executor, Task, add_lock_entries,
+                     dvc, fault, md5, resume_dir, state_dir)
+from .executors import executor_class
 from .plan import (blocked, check_committed, data_stages, pending, planned, sent_out, stage_defs, study_stages,
                    unprepared_note, upstream)
 
@@ -142,27 +141,27 @@ def last_error(log: Path) -> str:
     return next((l for l in reversed(lines) if "Error" in l or l.startswith("error")), lines[-1] if lines else "")
 
 
-def standing(scale: str, stage: str, record: dict, queued: set[str] | None = None) -> str:
-    """What became of a task recorded as running: "running" while its dispatcher (the only one that takes it
-    home) is alive and the task is not known to have ended; "unowned" when that dispatcher is gone but the task
-    runs on, or finished with its result waiting (the next dispatch adopts it); "pending" when it never
-    started; else "failed". `queued`: SLURM's queue (squeue), if the caller has it."""
+def standings(scale: str, records: dict) -> dict[str, str]:
+    """What became of each task recorded as running: "running" while its dispatcher (the only one that takes it
+    home) is alive; once that dispatcher is gone, "unowned" when the task runs on or finished with its result
+    waiting (the next dispatch adopts it), "pending" when it never started, else "failed". Each executor is
+    asked once, through its contract (Executor.left), about the tasks its kind recorded."""
+    running = {s: r for s, r in records.items() if r["state"] == "running"}
+    left = {}
+    for kind in {r.get("executor") for r in running.values()}:
+        mine = {s: r for s, r in running.items() if r.get("executor") == kind}
+        executor = executor_class(kind)
+        left.update(executor.left(scale, mine) if executor else dict.fromkeys(mine, UNKNOWN))
+    return {s: "running" if dispatcher_alive(r) else {RUNS: "unowned", UNSENT: "pending"}.get(left[s], "failed")
+            for s, r in running.items()}
+
+
+def dispatcher_alive(record: dict) -> bool:
     try:
         os.kill(record["dispatcher"], 0)
-        owned = True
-    except OSError:
-        owned = False
-    if record.get("job"):  # SLURM: still queued (or squeue cannot tell), or its result is written (submitit's)
-        queued = squeue() if queued is None else queued
-        result = state_dir(scale) / "slurm" / record["job"] / f"{record['job']}_0_result.pkl"
-        runs = queued is None or record["job"] in queued or result.exists()
-    elif record.get("executor") == "local":
-        if not owned and not record.get("pid"):
-            return "pending"  # still in its dispatcher's queue when that dispatcher died: it never ran
-        runs = owned or worker_alive(record) or local_result(scale, stage).exists()
-    else:
-        runs = owned
-    return "failed" if not runs else "running" if owned else "unowned"
+    except (OSError, KeyError, TypeError):
+        return False
+    return True
 
 
 # -- the dispatcher ----------------------------------------------------------------------------------------
@@ -174,14 +173,14 @@ def status(scale: str, names: list[str]) -> str:
     per_study = study_stages(raw, names)
     records = load_records(scale)
     todo = pending(scale, [s for stages in per_study.values() for s in stages], stage_defs(scale))
-    queued = squeue() if any(r.get("job") for r in records.values()) else None  # asked once
+    now_of = standings(scale, records)
     lines = []
     for study, stages in per_study.items():
         groups = {"done": [], "running": [], "in archive": [], "failed": [], "pending": []}
         details = []
         for s in stages:
             rec = records.get(s)
-            now = standing(scale, s, rec, queued) if rec and rec["state"] == "running" else None
+            now = now_of.get(s)
             if s not in todo:
                 groups["done"].append(s)
             elif now in ("running", "unowned"):
@@ -227,21 +226,19 @@ def dry_run(scale: str, names: list[str]) -> str:
     return "\n".join(lines + unprepared_note(raw, names))
 
 
-def adopt(executor, task: Task, record: dict) -> bool:
+def adopt(executor: Executor, task: Task, record: dict) -> bool:
     """Take over the task a dispatch that is gone left running (or finished, its result not taken home), if
-    it ran on this executor and ran this very task; else stop it (it is sent again, and its cell takes up its
-    saved progress, lmc/resume.py)."""
-    if record.get("executor") == getattr(executor, "kind", None) and hasattr(executor, "adopt") \
-            and executor.adopt(task, record):
+    it ran on this executor and ran this very task; else stop it through the executor that ran it (it is sent
+    again, and its cell takes up its saved progress, lmc/resume.py)."""
+    if record.get("executor") == executor.kind and executor.adopt(task, record):
         return True
-    if record.get("executor") == "local":
-        stop_worker(record)
-    elif record.get("job"):
-        subprocess.run(["scancel", record["job"]], capture_output=True, check=False)
+    ran_it = executor_class(record.get("executor"))
+    if ran_it is not None:
+        ran_it.stop(record)
     return False
 
 
-def dispatch(scale: str, names: list[str], executor, remote: str | None, git_url: str | None,
+def dispatch(scale: str, names: list[str], executor: Executor, remote: str | None, git_url: str | None,
              scratch: str | None, progress=None) -> list[str]:
     """Bring the reports of `names` up to date: the stages a sequential `dvc repro` would run, taken home in
     its order (so the lock is the same bytes), the trunks and cells run by `executor`'s workers, the rest
@@ -254,7 +251,7 @@ def dispatch(scale: str, names: list[str], executor, remote: str | None, git_url
         dvc("repro", *data_stages(studies.load(scale), names), cwd=home)
     plan = planned(scale, [f"report-{n}" for n in names])
     home_cache = (studies.ROOT / ".dvc" / "cache").resolve()
-    remote = remote or getattr(executor, "remote", None) or str(home_cache)
+    remote = remote or executor.remote or str(home_cache)
     shared = Path(remote).resolve() == home_cache
     dvc("remote", "add", "--local", "-f", "dispatch", remote)
     git_url = git_url or str(studies.ROOT.parent.resolve())
@@ -341,10 +338,9 @@ def dispatch(scale: str, names: list[str], executor, remote: str | None, git_url
         executor.cancel()  # no task is left running behind us
         kept = {s: r for s, r in records.items() if r["state"] != "running" or s in orphans}
         if isinstance(stop, Detached):
-            kept.update({t.stage: {**records[t.stage], "state": "archived"} for t in executor.archived})
+            kept.update({s: {**records[s], "state": "archived"} for s in stop.stages})
             executor.retire(done | set(failed))
         save_records(scale, kept)
         raise
-    if hasattr(executor, "retire"):  # the archive executor's inbox: a result is used once
-        executor.retire(done | set(failed))
+    executor.retire(done | set(failed))  # the archive executor's inbox: a result is used once
     return failed

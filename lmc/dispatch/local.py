@@ -12,13 +12,14 @@ import time
 from pathlib import Path
 
 from ..io import write_text_atomic
-from .common import CANCEL_WAIT_S, LateResults, Task, process_start, state_dir
+from .common import CANCEL_WAIT_S, ENDED, RUNS, UNSENT, LateResults, Task, process_start, state_dir
 
 
 class LocalExecutor:
     """`jobs` worker processes on this machine: each gets one GPU (CUDA_VISIBLE_DEVICES) where there are
     GPUs, else an equal share of the cores (OMP_NUM_THREADS); tasks beyond that wait their turn here."""
     kind = "local"
+    remote = None  # the home studies cache: the workers share this machine's filesystem
 
     def __init__(self, jobs: int, state: Path):
         self.jobs, self.folder = jobs, state / "local"
@@ -125,6 +126,30 @@ class LocalExecutor:
                 wait_group_gone(proc.pid)
         self.running.clear()
 
+    def retire(self, settled: set[str]) -> None:
+        pass  # nothing kept beyond the dispatch: a result file is rewritten when its task is sent again
+
+    @classmethod
+    def left(cls, scale: str, records: dict[str, dict]) -> dict[str, str]:
+        """A worker runs while its pid lives with the start time recorded; one that wrote its result (atomically,
+        as its last act) left it; a task without a pid was still queued in its dispatcher."""
+        return {stage: UNSENT if not record.get("pid") else
+                RUNS if worker_alive(record) or local_result(scale, stage).exists() else ENDED
+                for stage, record in records.items()}
+
+    @classmethod
+    def stop(cls, record: dict) -> None:
+        """End the worker's whole process group (the worker, its dvc, the stage), if it still runs."""
+        if not worker_alive(record):
+            return
+        worker = Adopted(record["pid"], record["started"], Path(os.devnull))
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(OSError):
+                os.killpg(worker.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                worker.wait(CANCEL_WAIT_S)
+                return
+
 
 def local_result(scale: str, stage: str) -> Path:
     """Where a local worker writes its task's result (atomically, as its last act)."""
@@ -157,19 +182,6 @@ def worker_alive(record: dict) -> bool:
     """Whether the local worker a record names still runs: its pid is alive and started when the record says
     (not a later process given the same pid)."""
     return bool(record.get("started")) and process_start(record.get("pid")) == record["started"]
-
-
-def stop_worker(record: dict) -> None:
-    """End a worker a dispatcher that is gone left running (its whole process group), if it still runs."""
-    if not worker_alive(record):
-        return
-    worker = Adopted(record["pid"], record["started"], Path(os.devnull))
-    for sig in (signal.SIGTERM, signal.SIGKILL):  # its group: the worker, its dvc, the stage
-        with contextlib.suppress(OSError):
-            os.killpg(worker.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            worker.wait(CANCEL_WAIT_S)
-            return
 
 
 def wait_group_gone(pgid: int, timeout: float = 10.0) -> None:

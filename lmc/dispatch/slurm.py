@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 from pathlib import Path
 
 from submitit.helpers import Checkpointable
 
-from .common import DispatchError, LateResults, Task, error_line, minutes, squeue
+from .common import ENDED, RUNS, UNSENT, DispatchError, LateResults, Task, error_line, minutes, squeue, state_dir
 from .worker import run_task
 
 
@@ -24,6 +25,7 @@ class SlurmExecutor:
     beyond that). Without accounting (slurmdbd) submitit cannot tell how a task ended, so a task that left
     `squeue` without a result file failed (killed, cancelled, out of time)."""
     kind = "slurm"
+    remote = None  # the home studies cache, on the cluster's shared filesystem (or --remote)
 
     def __init__(self, jobs: int, state: Path, partition: str | None, gpus_per_task: int, cpus_per_task: int,
                  time_limit: str, requeues: int = 20, signal_delay_s: int = 90):
@@ -113,3 +115,24 @@ class SlurmExecutor:
             with contextlib.suppress(Exception):
                 job.cancel(check=False)  # scancel
         self.jobs.clear()
+
+    def retire(self, settled: set[str]) -> None:
+        pass  # submitit's job folders stay, for their logs
+
+    @classmethod
+    def left(cls, scale: str, records: dict[str, dict]) -> dict[str, str]:
+        """An array task runs while SLURM's queue holds it (or squeue cannot tell), and left its result when
+        submitit's result file is written; a task without a job id was still queued in its dispatcher."""
+        queued = squeue()  # asked once for all
+        def where(record: dict) -> str:
+            job = record.get("job")
+            if not job:
+                return UNSENT
+            result = state_dir(scale) / "slurm" / job / f"{job}_0_result.pkl"
+            return RUNS if queued is None or job in queued or result.exists() else ENDED
+        return {stage: where(record) for stage, record in records.items()}
+
+    @classmethod
+    def stop(cls, record: dict) -> None:
+        if record.get("job"):
+            subprocess.run(["scancel", record["job"]], capture_output=True, check=False)
