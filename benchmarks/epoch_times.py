@@ -2,17 +2,23 @@
 
     python benchmarks/epoch_times.py     # prints model, parameter count, seconds of the 2nd epoch
 """
+import sys
 import time
+from pathlib import Path
 
-from lmc import data, models, paths
-from lmc.spec import Spec
-from lmc.train import train_twins
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for benchmarks.header
+
+from benchmarks.header import header  # noqa: E402
+from lmc import data, models, paths  # noqa: E402
+from lmc.spec import Spec  # noqa: E402
+from lmc.train import train_twins  # noqa: E402
 
 SETTINGS = [dict(model="mlp"), dict(model="mlp", width="auto"), dict(model="linear"), dict(model="cnn"),
             dict(model="lc_cnn"), dict(model="vit"), dict(model="vit", width="auto")]
 
 
 def main() -> None:
+    print(header())
     for overrides in SETTINGS:
         spec = Spec(epochs=2, **overrides)
         model = models.init_model(spec)

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for benchmarks.header
+
 OUT = Path("reports/evaluation.md")
 CASES = {"mlp 512 (the default)": {"width": 512}, "mlp 6272 (Toeplitz)": {"width": "auto"},
          "cnn": {"model": "cnn"}, "lc_cnn": {"model": "lc_cnn"}, "vit 64": {"model": "vit", "width": 64},
@@ -56,10 +58,11 @@ def main() -> None:
         print(json.dumps(measure(json.loads(sys.argv[1]))))
         return
     from lmc import connectivity
+    from benchmarks.header import header
     from benchmarks.throughput import machine
 
     lines = ["# Evaluation: a path's cost against its endpoints', and its memory", "",
-             f"Command: `python benchmarks/evaluation.py`, one run. Machine: {machine()}. mnist5k's 1,000 test images; "
+             f"{header('python benchmarks/evaluation.py')}, one run. Machine: {machine()}. mnist5k's 1,000 test images; "
              f"evaluation budget EVAL_MEMORY = {connectivity.EVAL_MEMORY['cpu'] / 2 ** 30:g} GiB a pass (lmc/connectivity.py); "
              "each model in a fresh process. Times: best of 2.", "",
              "| model | batch | models a pass | one model's bound (GiB) | endpoints (s) | 11-α path (s) | × endpoints "

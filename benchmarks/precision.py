@@ -17,8 +17,11 @@ from pathlib import Path
 
 import torch
 
-from lmc import api, datasets
-from lmc.spec import spec_from_dict
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for benchmarks.header
+
+from benchmarks.header import header  # noqa: E402
+from lmc import api, datasets  # noqa: E402
+from lmc.spec import spec_from_dict  # noqa: E402
 
 CELL = {"dataset": "mnist", "model": "mlp", "depth": 2, "width": "auto", "optimizer": "adam", "lr": 0.005,
         "batch_size": 1024, "epochs": 200, "refine_alphas": 4, "pairs": 3, "device": "cuda"}
@@ -48,7 +51,7 @@ def main(argv=None) -> None:
         print(precision, json.dumps(rows[precision]), flush=True)
     where = torch.cuda.get_device_name() if args.device == "cuda" else "the CPU"
     lines = ["# Does the training precision move the barrier?", "",
-             f"Command: `python benchmarks/precision.py --mnist DIR`, one run on {where} "
+             f"{header('python benchmarks/precision.py --mnist DIR')}, one run on {where} "
              f"(torch {torch.__version__}). Cell: " + ", ".join(f"{k}={v}" for k, v in cell.items()) +
              "; the path is evaluated in fp32 for every precision.", "",
              "| precision | status | test barrier (%) | 95% interval | refined | train barrier (%) | cross-init test (%) "

@@ -8,12 +8,17 @@ whether the two give the same bytes (they need not: batched and plain matmul ker
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
-import lmc  # noqa: F401  (pins the CPU kernels and the cuBLAS workspace, as the pipeline runs)
-import torch
-from torch import nn
-from torch.func import functional_call, vmap
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for benchmarks.header
+
+import lmc  # noqa: E402,F401  (pins the CPU kernels and the cuBLAS workspace, as the pipeline runs)
+from benchmarks.header import header  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.func import functional_call, vmap  # noqa: E402
 
 
 def step(model, state, x, y, loop: bool):
@@ -48,6 +53,7 @@ def main() -> None:
     device = torch.device(parser.parse_args().device)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
+    print(header())
     print(f"{device.type}: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, "
           f"torch {torch.__version__}, batch 128, MLP 784-width-10")
     print("| K models | width | vmap ms/step | loop ms/step | loop/vmap | same bytes |")

@@ -27,7 +27,6 @@ import copy
 import dataclasses
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from lmc import connectivity, cost, data, datasets, models, numerics, paths
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import header  # noqa: E402
+from lmc import connectivity, cost, data, datasets, models, numerics, paths  # noqa: E402
 from lmc.spec import Spec
 from lmc.step import make_optimizer, precision_mode
 from lmc.train import train_twins
@@ -48,8 +50,8 @@ DEVICE = torch.device("cpu")  # set by main
 
 
 def machine() -> str:
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), platform.processor())
+    """The machine as every benchmark names it (benchmarks/header.py), and what these figures also depend on:
+    the GPU, torch's build and threads, FFCV and numpy."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -57,9 +59,8 @@ def machine() -> str:
     except PackageNotFoundError:
         ffcv = "no ffcv"
     gpu = (f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}), " if DEVICE.type == "cuda" else "")
-    return (f"{gpu}{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads, "
-            f"CPU capability {torch.backends.cpu.get_cpu_capability()}), {ffcv}, "
-            f"numpy {np.__version__}, Python {platform.python_version()}")
+    return (f"{gpu}{header.machine()}; torch {torch.__version__} ({torch.get_num_threads()} threads, "
+            f"CPU capability {torch.backends.cpu.get_cpu_capability()}), {ffcv}, numpy {np.__version__}")
 
 
 def sync() -> None:
@@ -353,7 +354,7 @@ def main(argv=None) -> None:
     on_cpu = DEVICE.type == "cpu"
     command = "python benchmarks/throughput.py" + ("" if on_cpu else " --device cuda")
     lines = ["# Benchmarks: batched twins against the naive way" + ("" if on_cpu else " (GPU)"), "",
-             f"Command: `{command}`" + (" (after `dvc repro prepare`)" if on_cpu else "") +
+             header.header(command) + (" (after `dvc repro prepare`)" if on_cpu else "") +
              f", one run. Machine: {machine()}.", ""]
     if on_cpu:
         cpu_tables(base, lines)
