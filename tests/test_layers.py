@@ -9,7 +9,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = (
     ("paths", "io", "seeds", "browser", "numerics"),
     ("spec",),
-    ("data", "datasets", "augment", "models", "device", "align", "resume", "connectivity", "layerwise", "stage"),
+    ("data", "datasets", "augment", "kernels", "models", "device", "align", "resume", "connectivity", "layerwise",
+     "stage"),
     ("step", "train", "report"),
     ("api", "fingerprint", "studies", "study_report", "studies_dvc", "plots_page", "bundle", "cost"),
     ("reproduce", "dispatch.common"),
