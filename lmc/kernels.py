@@ -7,8 +7,8 @@ its core type set before numpy loads, OPENBLAS_CORETYPE=Haswell; `check` makes s
   and on one with AVX-512 too (it never takes an AVX-512 path). sgemm's are exact (IEEE 754 multiplies and
   fused multiply-adds in a fixed order), so every x86-64-v3 CPU (Intel since Haswell, AMD since Zen) computes
   the same bits. Not every AVX2 kernel agrees so: ATen's AVX2 sqrt computes other bytes under QEMU's emulated
-  AMD EPYC than on this project's Intel Xeon (reports/kernels.md), so ATen's own kernels stay at their
-  baseline build (lmc/numerics.py).
+  AMD EPYC than on this project's Intel Xeon (`benchmarks/kernels.py --emulate` checks it), so ATen's own
+  kernels stay at their baseline build (lmc/numerics.py).
 - One call is one thread, so no sum is split by the thread count; `check` holds OpenBLAS's own threads at 1. The
   bytes depend on the operands' shapes alone. A caller that wants more cores runs independent products
   (another model's) side by side, each on its own thread (the GIL is released while sgemm runs).
