@@ -130,8 +130,8 @@ def main() -> None:
                   "Each probe computed here and under `qemu-x86_64 -cpu MODEL` (one thread; ATen at AVX2). "
                   "Fixed kernel: lmc.kernels.probe (products forward and backward); the others: one ATen AVX2 "
                   "element-wise kernel each. QEMU computes approximate instructions (rcpps, rsqrtps) its own way, "
-                  "so a kernel that agrees under emulation may still differ on a real CPU of another vendor; one "
-                  "that differs there uses them.", "",
+                  "so agreement under emulation shows a kernel portable only where it uses exact instructions (as "
+                  "sgemm does); one that differs there is not portable.", "",
                   "| probe | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
         for name in here:
             lines.append(f"| {name} | " + " | ".join("same" if there[m][name] == here[name] else "**differs**"
