@@ -30,7 +30,7 @@ class KernelError(RuntimeError):
 
 def check() -> None:
     """Make sure numpy's OpenBLAS runs the Haswell kernel on one thread: its core type is read once, when numpy
-    loads, so a process that loaded numpy before lmc pinned it cannot use the fixed kernel."""
+    loads, so a process that loaded numpy before OPENBLAS_CORETYPE was set cannot use the fixed kernel."""
     from threadpoolctl import threadpool_info, threadpool_limits
 
     blas = [i for i in threadpool_info() if i.get("internal_api") == "openblas" and "numpy" in i.get("filepath", "")]
